@@ -1,0 +1,65 @@
+"""What every command shares: error reporting without tracebacks, consoles, output formats."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+
+from ctxext.errors import SpecError
+
+# Wide when not a terminal, so piped tables are not squeezed to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Exit code of a bad manifest or bad argument (the usual "usage error" code).
+EXIT_INVALID = 2
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+    yaml = "yaml"
+
+
+def fail(message: str, code: int = EXIT_INVALID) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn expected errors into one clear message and exit 2; anything else into exit 1, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as exc:
+            for path, msg in exc.problems:
+                err_console.print(f"[bold red]error:[/] {path + ': ' if path else ''}{msg}",
+                                  highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(EXIT_INVALID) from None
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False,
+                              markup=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(data: Any, fmt: OutputFormat) -> None:
+    """Print machine-readable output on stdout."""
+    if fmt is OutputFormat.json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    else:
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))

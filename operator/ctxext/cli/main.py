@@ -1,0 +1,19 @@
+"""Entry point of the `ctxext` console script."""
+
+from __future__ import annotations
+
+import typer
+
+from ctxext.cli import plan_cmds
+
+app = typer.Typer(
+    name="ctxext",
+    help="Extend the context window of Llama-family models by RoPE theta scaling, on Kubernetes or locally.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+plan_cmds.register(app)
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,75 @@
+"""`ctxext plan`, `ctxext validate`, `ctxext crd`: look at a manifest without running anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ctxext.api.crd import crd_yaml
+from ctxext.cli.common import OutputFormat, console, emit, err_console, reports_errors
+from ctxext.manifest import load_job, load_jobs
+from ctxext.planner import Plan, plan_curriculum
+
+MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
+
+
+def _fmt_tokens(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def plan_table(plan: Plan, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("stage", "seqLen", "ropeTheta", "steps", "lr", "batch×accum", "nodes×procs", "SP", "DP",
+                "ZeRO", "tokens/step", "est. GiB/rank"):
+        table.add_column(col, justify="right")
+    for s in plan.stages:
+        table.add_row(
+            f"{s.index}/{len(plan.stages)}", _fmt_tokens(s.seq_len), f"{s.rope_theta:,.0f}", str(s.steps),
+            f"{s.learning_rate:g}", f"{s.batch_size}×{s.gradient_accumulation}",
+            f"{s.nodes}×{s.processes_per_node}", str(s.sequence_parallel), str(s.data_parallel), str(s.zero_stage),
+            f"{s.tokens_per_step:,}", "-" if s.estimated_memory_gib is None else f"{s.estimated_memory_gib:.1f}",
+        )
+    return table
+
+
+@reports_errors
+def plan(manifest: Path = MANIFEST,
+         output: OutputFormat = typer.Option(OutputFormat.table, "-o", "--output", help="table, json or yaml.")
+         ) -> None:
+    """Show the curriculum a manifest would run: stages, theta, batch layout, memory per rank."""
+    job = load_job(manifest)
+    result = plan_curriculum(job.spec)
+    if output is OutputFormat.table:
+        name = job.metadata.get("name", manifest.name)
+        console.print(plan_table(result, f"{name}: {_fmt_tokens(result.original_context_length)} → "
+                                 f"{_fmt_tokens(result.target_context_length)} ({result.theta_rule})"))
+        for w in result.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    else:
+        emit(result.to_wire(), output)
+
+
+@reports_errors
+def validate(manifest: Path = MANIFEST) -> None:
+    """Check a manifest (schema, cross-field rules and the plan) without running it."""
+    for job in load_jobs(manifest):
+        result = plan_curriculum(job.spec)
+        for w in result.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"{manifest}: {job.metadata.get('name', '<unnamed>')} is valid "
+                      f"({len(result.stages)} stages)", highlight=False)
+
+
+@reports_errors
+def crd() -> None:
+    """Print the ContextExtensionJob CustomResourceDefinition (YAML)."""
+    sys.stdout.write(crd_yaml())
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(plan)
+    app.command()(validate)
+    app.command()(crd)

@@ -1,0 +1,199 @@
+"""The curriculum planner: a ContextExtensionJob spec → concrete stages. Pure; no I/O but config.json.
+
+Stage lengths are the explicit ``curriculum.stages`` or, when omitted, generated from
+``originalContextLength`` by ``growthFactor`` until the target, the last stage being exactly the
+target. Example: L0 = 8192, growthFactor 4, target 1,048,576 → 32768, 131072, 524288, 1048576.
+Each stage gets its RoPE theta from :mod:`ctxext.theta`, its training settings from the stage or
+``curriculum.stageDefaults``, its rank layout (world = nodes · processes per node, data-parallel =
+world / sequenceParallel), ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP`` and a
+memory estimate (:mod:`ctxext.memory`). A stage whose estimate exceeds ``gpuMemoryGiB`` is an error
+quoting the numbers; one above :data:`TIGHT_FRACTION` of it is a warning.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from ctxext.api.job import ContextExtensionJobSpec
+from ctxext.api.validation import spec_rule_violations
+from ctxext.errors import SpecError
+from ctxext.memory import estimate_memory
+from ctxext.model_info import ModelInfo, resolve_model_info
+from ctxext.theta import ThetaError, stage_theta
+
+MAX_STAGES = 16
+TIGHT_FRACTION = 0.9
+CPU_PROCESSES_PER_NODE = 2
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True)
+
+
+class PlannedStage(_Out):
+    """One stage as the operator and the trainer run it."""
+
+    index: int
+    seq_len: int
+    rope_theta: float
+    ntk_alpha: float | None = None
+    steps: int
+    learning_rate: float
+    warmup_steps: int
+    lr_schedule: str
+    min_learning_rate_ratio: float
+    batch_size: int
+    gradient_accumulation: int
+    nodes: int
+    processes_per_node: int
+    gpus_per_node: int
+    world_size: int
+    sequence_parallel: int
+    data_parallel: int
+    zero_stage: int
+    activation_checkpointing: bool
+    tokens_per_step: int
+    estimated_memory_gib: float | None = Field(alias="estimatedMemoryGiB")
+    memory_breakdown_gib: dict[str, float] | None = Field(default=None, alias="memoryBreakdownGiB")
+
+
+class Plan(_Out):
+    """The whole curriculum."""
+
+    original_context_length: int
+    target_context_length: int
+    base_rope_theta: float | None
+    head_dim: int | None
+    theta_rule: str
+    stages: list[PlannedStage]
+    warnings: list[str]
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, mode="json")
+
+
+def stage_lengths(original: int, target: int, growth: int) -> list[int]:
+    """Generated lengths: original·growth^k below target, then target.
+
+    >>> stage_lengths(8192, 1048576, 4)
+    [32768, 131072, 524288, 1048576]
+    >>> stage_lengths(128, 512, 2)
+    [256, 512]
+    """
+    lengths, length = [], original * growth
+    while length < target:
+        lengths.append(length)
+        length *= growth
+    return [*lengths, target]
+
+
+def _required(value: Any, path: str, what: str, info: ModelInfo) -> Any:
+    if value is None:
+        where = f" ({info.config_path} does not say)" if info.config_path else ""
+        raise SpecError([(path, f"{what} is unknown{where}: set {path} or use a local model with a config.json")])
+    return value
+
+
+def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None) -> Plan:
+    """Plan every stage of ``spec``; raises :class:`SpecError` naming the field on any problem."""
+    problems = spec_rule_violations(spec)
+    if problems:
+        raise SpecError(problems)
+    info = info or resolve_model_info(spec.model)
+    cur, par, res = spec.curriculum, spec.parallelism, spec.resources
+    l0 = _required(info.original_context_length, "spec.model.originalContextLength", "the original context", info)
+    if spec.target_context_length <= l0:
+        raise SpecError([("spec.targetContextLength", f"targetContextLength ({spec.target_context_length}) "
+                          f"must be greater than the model's original context ({l0})")])
+    theta0 = info.rope_theta
+    if cur.theta_rule != "fixed":
+        theta0 = _required(theta0, "spec.model.ropeTheta", "the base ropeTheta", info)
+    head_dim = info.head_dim
+    if cur.theta_rule == "ntk":
+        head_dim = _required(head_dim, "spec.model.headDim", "the head dimension", info)
+
+    explicit = cur.stages or []
+    lengths = [s.seq_len for s in explicit] or stage_lengths(l0, spec.target_context_length, cur.growth_factor)
+    if len(lengths) > MAX_STAGES:
+        raise SpecError([("spec.curriculum.growthFactor", f"growing {l0} to {spec.target_context_length} by "
+                          f"{cur.growth_factor}x needs {len(lengths)} stages, more than {MAX_STAGES}; "
+                          "raise growthFactor or list the stages")])
+    on_gpu = res.gpus_per_node > 0
+    per_node = res.processes_per_node or (res.gpus_per_node if on_gpu else CPU_PROCESSES_PER_NODE)
+    warnings: list[str] = []
+    if spec.data.source.startswith("builtin://") and on_gpu:
+        warnings.append(f"spec.data.source is {spec.data.source}, a small demo corpus: set spec.data for real training")
+    if info.architecture is None:
+        warnings.append("no model architecture known (spec.model.architecture or config.json): memory not estimated")
+
+    stages: list[PlannedStage] = []
+    d = cur.stage_defaults
+    for i, seq_len in enumerate(lengths):
+        s = explicit[i] if explicit else None
+        path = f"spec.curriculum.stages[{i}]" if s else "spec.curriculum.stageDefaults"
+        alpha = s.ntk_alpha if s else None
+        try:
+            theta = stage_theta(cur.theta_rule, base_theta=theta0 or 0.0, original_length=l0, seq_len=seq_len,
+                                head_dim=head_dim or 0, override=s.rope_theta if s else None, ntk_alpha=alpha)
+        except ThetaError as exc:
+            raise SpecError([(f"spec.curriculum.stages[{i}].ropeTheta" if s else "spec.curriculum.thetaRule",
+                              str(exc))]) from exc
+
+        def pick(name: str, s: Any = s) -> Any:
+            value = getattr(s, name) if s is not None else None
+            return value if value is not None else getattr(d, name)
+
+        nodes = pick("nodes")
+        world = nodes * per_node
+        sp = (s.sequence_parallel if s and s.sequence_parallel else None) or par.sequence_parallel
+        heads = info.architecture.num_attention_heads if info.architecture else None
+        if heads and heads % sp:
+            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
+                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} must divide "
+                              f"the model's {heads} attention heads (Ulysses splits heads over ranks)")])
+        if world % sp:
+            raise SpecError([("spec.parallelism.sequenceParallel", f"stage {i + 1} runs {world} processes "
+                              f"({nodes} node(s) x {per_node}); sequence-parallel degree {sp} must divide that")])
+        if seq_len % sp:
+            raise SpecError([(f"{path}.seqLen" if s else "spec.parallelism.sequenceParallel",
+                              f"sequenceParallel {sp} does not divide stage {i + 1}'s seqLen {seq_len}")])
+        batch, accum = pick("batch_size"), pick("gradient_accumulation")
+        estimate = None
+        if info.architecture is not None:
+            estimate = estimate_memory(
+                info.architecture, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
+                zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+                on_gpu=on_gpu, head_dim=info.head_dim)
+            total = estimate.total
+            if on_gpu and total > res.gpu_memory_gib:
+                raise SpecError([("spec.resources.gpuMemoryGiB", (
+                    f"stage {i + 1} (seqLen {seq_len}) needs about {total:.1f} GiB per GPU but gpuMemoryGiB is "
+                    f"{res.gpu_memory_gib:g} (states {estimate.weights + estimate.gradients + estimate.optimizer:.1f}"
+                    f", activations {estimate.activations:.1f}, logits {estimate.logits:.1f} GiB): use more "
+                    "nodes, a higher sequenceParallel or zeroStage, or activation checkpointing"))])
+            if on_gpu and total > TIGHT_FRACTION * res.gpu_memory_gib:
+                warnings.append(f"stage {i + 1} (seqLen {seq_len}) is tight: about {total:.1f} of "
+                                f"{res.gpu_memory_gib:g} GiB per GPU")
+        stages.append(PlannedStage(
+            index=i + 1, seq_len=seq_len, rope_theta=theta,
+            ntk_alpha=(alpha if alpha is not None else seq_len / l0) if cur.theta_rule == "ntk" else None,
+            steps=pick("steps"), learning_rate=pick("learning_rate"), warmup_steps=pick("warmup_steps"),
+            lr_schedule=str(d.lr_schedule), min_learning_rate_ratio=d.min_learning_rate_ratio,
+            batch_size=batch, gradient_accumulation=accum, nodes=nodes, processes_per_node=per_node,
+            gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
+            zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+            tokens_per_step=seq_len * batch * accum * (world // sp),
+            estimated_memory_gib=round(estimate.total, 2) if estimate else None,
+            memory_breakdown_gib=estimate.as_dict() if estimate else None,
+        ))
+    for a, b in itertools.pairwise(stages):
+        if b.rope_theta < a.rope_theta:
+            warnings.append(f"stage {b.index} has a lower ropeTheta ({b.rope_theta:.6g}) than stage {a.index} "
+                            f"({a.rope_theta:.6g})")
+    return Plan(original_context_length=l0, target_context_length=spec.target_context_length,
+                base_rope_theta=theta0, head_dim=head_dim, theta_rule=str(cur.theta_rule), stages=stages,
+                warnings=warnings)

@@ -1,0 +1,125 @@
+"""The curriculum planner on the reference schedules and its error paths."""
+
+import json
+
+import pytest
+from ctxext.errors import SpecError
+from ctxext.manifest import job_from_object
+from ctxext.planner import plan_curriculum, stage_lengths
+
+from tests.unit.helpers import example, minimal, with_path
+
+
+def plan_of(obj):
+    return plan_curriculum(job_from_object(obj).spec)
+
+
+def test_gradient_llama3_schedule():
+    plan = plan_of(example("llama3-8b-1m.yaml"))
+    assert [s.seq_len for s in plan.stages] == [65536, 262144, 524288, 1048576]
+    assert abs(plan.stages[-1].rope_theta - 3580165449) <= 1
+    assert all(a.rope_theta < b.rope_theta for a, b in zip(plan.stages, plan.stages[1:], strict=False))
+    first = plan.stages[0]
+    assert (first.world_size, first.data_parallel, first.sequence_parallel) == (8, 1, 8)
+    assert first.tokens_per_step == 65536 * 1 * 32 * 1
+    assert all(s.estimated_memory_gib and s.estimated_memory_gib < 48 for s in plan.stages)
+
+
+def test_generated_stages_grow_by_factor_and_end_at_target():
+    plan = plan_of(minimal(targetContextLength=1048576))
+    assert [s.seq_len for s in plan.stages] == [32768, 131072, 524288, 1048576]
+    assert [s.index for s in plan.stages] == [1, 2, 3, 4]
+    assert stage_lengths(8192, 100000, 4) == [32768, 100000]
+
+
+def test_stage_fields_fall_back_to_stage_defaults():
+    obj = minimal(curriculum={"stageDefaults": {"steps": 7, "learningRate": 1e-4, "nodes": 2},
+                              "stages": [{"seqLen": 32768, "steps": 3}, {"seqLen": 65536}]})
+    plan = plan_of(obj)
+    assert [s.steps for s in plan.stages] == [3, 7]
+    assert [s.nodes for s in plan.stages] == [2, 2]
+    assert plan.stages[1].learning_rate == 1e-4
+
+
+def test_ntk_rule_uses_alpha_override():
+    obj = minimal(curriculum={"thetaRule": "ntk", "stages": [{"seqLen": 65536, "ntkAlpha": 29}]})
+    stage = plan_of(obj).stages[0]
+    assert round(stage.rope_theta) == 15296098 and stage.ntk_alpha == 29
+
+
+def test_fixed_rule_takes_stage_thetas():
+    obj = minimal(curriculum={"thetaRule": "fixed", "stages": [{"seqLen": 32768, "ropeTheta": 2e6},
+                                                              {"seqLen": 65536, "ropeTheta": 8e6}]})
+    assert [s.rope_theta for s in plan_of(obj).stages] == [2e6, 8e6]
+
+
+def test_memory_overflow_is_an_error_quoting_numbers():
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", 24)
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.resources.gpuMemoryGiB"
+    assert "GiB per GPU but gpuMemoryGiB is 24" in str(err.value)
+
+
+def test_tight_memory_is_a_warning():
+    plan = plan_of(example("llama3-8b-1m.yaml"))
+    biggest = max(s.estimated_memory_gib for s in plan.stages)
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", round(biggest / 0.95, 1))
+    assert any("tight" in w for w in plan_of(obj).warnings)
+
+
+def test_no_checkpointing_at_1m_does_not_fit():
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.activationCheckpointing", False)
+    with pytest.raises(SpecError, match="activation checkpointing"):
+        plan_of(obj)
+
+
+def test_sequence_parallel_must_divide_world_size():
+    obj = minimal(resources={"gpusPerNode": 4}, parallelism={"sequenceParallel": 8})
+    with pytest.raises(SpecError, match="must divide that") as err:
+        plan_of(obj)
+    assert err.value.field == "spec.parallelism.sequenceParallel"
+
+
+def test_too_many_generated_stages():
+    obj = minimal(targetContextLength=1 << 26, curriculum={"growthFactor": 2})
+    obj["spec"]["model"]["originalContextLength"] = 128
+    with pytest.raises(SpecError, match="more than 16"):
+        plan_of(obj)
+
+
+def test_missing_base_theta_for_remote_model():
+    obj = with_path(minimal(), "spec.model", {"source": "s3://bucket/llama/", "originalContextLength": 8192})
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.model.ropeTheta"
+
+
+def test_model_facts_read_from_local_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}, "max_position_embeddings": 1024,
+        "hidden_size": 256, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 512,
+        "vocab_size": 1000}))
+    obj = {"apiVersion": "ctxext.dev/v1alpha1", "kind": "ContextExtensionJob", "metadata": {"name": "x"},
+           "spec": {"model": {"source": f"file://{tmp_path}"}, "targetContextLength": 4096,
+                    "curriculum": {"thetaRule": "ntk", "growthFactor": 2},
+                    "resources": {"gpusPerNode": 1, "gpuMemoryGiB": 16}}}
+    plan = plan_of(obj)
+    assert (plan.original_context_length, plan.base_rope_theta, plan.head_dim) == (1024, 10000.0, 64)
+    assert [s.seq_len for s in plan.stages] == [2048, 4096]
+    assert plan.stages[0].estimated_memory_gib is not None
+
+
+def test_unreadable_local_config_names_the_source(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    obj = with_path(minimal(), "spec.model.source", f"file://{tmp_path}")
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.model.source" and "cannot read" in str(err.value)
+
+
+def test_tiny_cpu_example_plans_two_stages_on_cpu():
+    plan = plan_of(example("tiny-cpu.yaml"))
+    assert [s.seq_len for s in plan.stages] == [256, 512]
+    assert plan.stages[-1].seq_len >= 4 * plan.original_context_length
+    assert all(s.gpus_per_node == 0 and s.world_size == 2 for s in plan.stages)
