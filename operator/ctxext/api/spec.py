@@ -136,7 +136,8 @@ class CurriculumSpec(ApiModel):
         cel("!has(self.stages) || self.stages.map(s, s.seqLen).isSorted() && "
             "self.stages.all(s, self.stages.exists_one(t, t.seqLen == s.seqLen))",
             "stages[].seqLen must be strictly increasing", field_path=".stages"),
-        cel("!has(self.thetaRule) || self.thetaRule != 'fixed' || (has(self.stages) && self.stages.all(s, has(s.ropeTheta)))",
+        cel("!has(self.thetaRule) || self.thetaRule != 'fixed' || "
+            "(has(self.stages) && self.stages.all(s, has(s.ropeTheta)))",
             "thetaRule fixed needs explicit stages, each with ropeTheta", field_path=".stages"),
     ])}
 
