@@ -46,6 +46,7 @@ class PlannedStage(_Out):
     warmup_steps: int
     lr_schedule: str
     min_learning_rate_ratio: float
+    min_seq_len: int | None = None
     batch_size: int
     gradient_accumulation: int
     nodes: int
@@ -183,6 +184,7 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             ntk_alpha=(alpha if alpha is not None else seq_len / l0) if cur.theta_rule == "ntk" else None,
             steps=pick("steps"), learning_rate=pick("learning_rate"), warmup_steps=pick("warmup_steps"),
             lr_schedule=str(d.lr_schedule), min_learning_rate_ratio=d.min_learning_rate_ratio,
+            min_seq_len=l0 if d.variable_length else None,
             batch_size=batch, gradient_accumulation=accum, nodes=nodes, processes_per_node=per_node,
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
             zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,

@@ -54,7 +54,10 @@ class StageConfig(ApiModel):
     output_dir: str
     """Stage directory: checkpoints/, model/ (final HF model), result.json, eval/ (plots)."""
     seq_len: int
-    """Training sequence length."""
+    """Training sequence length (the longest, with a within-stage length curriculum)."""
+    min_seq_len: int | None = None
+    """When set, each optimizer step draws its sequence length from [min_seq_len, seq_len] (rounded
+    to a multiple of sequence_parallel), deterministically from data.seed and the step."""
     rope_theta: float
     """RoPE theta of this stage (set via config.rope_parameters)."""
     original_context_length: int
@@ -153,7 +156,7 @@ def build_stage_config(
         job=job.metadata.get("name", "local"), namespace=job.metadata.get("namespace", "default"),
         job_name=job_name, stage=stage.index, total_stages=len(plan.stages), attempt=attempt,
         model_path=model_path, output_dir=output_dir, seq_len=stage.seq_len, rope_theta=stage.rope_theta,
-        original_context_length=plan.original_context_length, steps=stage.steps,
+        original_context_length=plan.original_context_length, steps=stage.steps, min_seq_len=stage.min_seq_len,
         learning_rate=learning_rate if learning_rate is not None else stage.learning_rate,
         warmup_steps=stage.warmup_steps, lr_schedule=stage.lr_schedule,
         min_learning_rate_ratio=stage.min_learning_rate_ratio, batch_size=stage.batch_size,

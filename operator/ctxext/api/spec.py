@@ -101,6 +101,10 @@ class StageDefaults(ApiModel):
     """Learning-rate decay after warm-up: constant, cosine or linear (to minLearningRateRatio)."""
     min_learning_rate_ratio: float = Field(default=0.1, ge=0, le=1)
     """Final learning rate as a fraction of the peak, for cosine and linear schedules."""
+    variable_length: bool = False
+    """Within-stage length curriculum: each step's sequence length is drawn from
+    [originalContextLength, seqLen] instead of always seqLen (helps small models keep retrieval at
+    every length; see examples/tiny-cpu.yaml)."""
 
 
 class StageSpec(ApiModel):
