@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ctxext.cli import plan_cmds
+from ctxext.cli import operator_cmds, plan_cmds
 
 app = typer.Typer(
     name="ctxext",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 plan_cmds.register(app)
+operator_cmds.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()

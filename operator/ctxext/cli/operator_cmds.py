@@ -1,0 +1,85 @@
+"""`ctxext operator`, `ctxext render`, `ctxext local-executor`: the Kubernetes side of ctxext."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import typer
+import yaml
+
+from ctxext.cli.common import reports_errors
+from ctxext.config import OperatorConfig
+from ctxext.errors import SpecError
+from ctxext.manifest import load_job
+from ctxext.planner import plan_curriculum
+
+MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
+
+
+def _use_kubeconfig(kubeconfig: Path | None) -> None:
+    if kubeconfig is None:
+        return
+    from kubernetes.config import kube_config
+
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(kubeconfig)  # read once at import by the client
+
+
+@reports_errors
+def operator(
+    kubeconfig: Path | None = typer.Option(None, help="Kubeconfig to use outside a cluster (default: "
+                                           "in-cluster service account, else $KUBECONFIG or ~/.kube/config)."),
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Watch only these namespaces "
+                                        "(repeatable; default CTXEXT_NAMESPACES, else all)."),
+    metrics_port: int | None = typer.Option(None, help="Port of /metrics (default CTXEXT_METRICS_PORT, 8080)."),
+    health_port: int | None = typer.Option(None, help="Port of /healthz (default CTXEXT_HEALTH_PORT, 8081)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    """Run the operator: reconcile ContextExtensionJobs into Kubeflow PyTorchJobs, stage by stage.
+
+    Settings come from CTXEXT_* environment variables (see operator/ctxext/config.py); the options
+    here override them.
+    """
+    _use_kubeconfig(kubeconfig)
+    overrides = {"namespaces": " ".join(namespace) if namespace else None, "metrics_port": metrics_port,
+                 "health_port": health_port}
+    for key, value in overrides.items():
+        if value is not None:
+            os.environ[f"CTXEXT_{key.upper()}"] = str(value)
+    settings = OperatorConfig.from_env()
+    from ctxext.controller.runner import run
+
+    run(settings, verbose=verbose)
+
+
+@reports_errors
+def render(
+    manifest: Path = MANIFEST,
+    stage: int = typer.Option(1, help="1-based stage number."),
+    attempt: int = typer.Option(1, help="1-based attempt number."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace (default: the manifest's, "
+                                         "else default)."),
+    learning_rate: float | None = typer.Option(None, help="Override the stage's learning rate (as a retry "
+                                               "after non-finite gradients would)."),
+) -> None:
+    """Print the PyTorchJob the operator would create for a stage attempt (YAML)."""
+    from ctxext.controller.builder import build_pytorchjob
+
+    job = load_job(manifest)
+    if namespace:
+        job.metadata["namespace"] = namespace
+    plan = plan_curriculum(job.spec)
+    if not 1 <= stage <= len(plan.stages):
+        raise SpecError([("--stage", f"must be between 1 and {len(plan.stages)}, got {stage}")])
+    if attempt < 1:
+        raise SpecError([("--attempt", f"must be at least 1, got {attempt}")])
+    body = build_pytorchjob(job, plan, stage, attempt=attempt, learning_rate=learning_rate,
+                            config=OperatorConfig.from_env())
+    sys.stdout.write(yaml.safe_dump(body, sort_keys=False, width=120))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(operator)
+    app.command()(render)

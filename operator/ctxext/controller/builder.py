@@ -1,0 +1,156 @@
+"""The PyTorchJob of one stage attempt: a pure function from (job, plan, stage, attempt) to a dict.
+
+Shape (``ctxext render examples/tiny-cpu.yaml`` prints a complete one)::
+
+    apiVersion: kubeflow.org/v1
+    kind: PyTorchJob
+    metadata: {name: <cej>-s<stage>-a<attempt>, labels: {ctxext.dev/job, ctxext.dev/stage, ...}}
+    spec:
+      nprocPerNode: "8"                 # a string in the CRD; GPUs per node (processes on CPU)
+      runPolicy: {backoffLimit: 0, ...} # retries are the operator's (new attempt, from checkpoint)
+      pytorchReplicaSpecs:
+        Master: {replicas: 1, restartPolicy: Never, template: <pod>}
+        Worker: {replicas: nodes - 1, ...}   # only for multi-node stages
+
+The pod runs ``torchrun --module ctxext_trainer`` (the operator's ``CTXEXT_TRAINER_COMMAND``) with the
+stage config as JSON in ``CTXEXT_STAGE_CONFIG`` — no ConfigMap. Volumes follow
+:mod:`ctxext.controller.paths`. Secret values never appear here: credentials come in through
+``envFrom.secretRef``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxext.api.job import ContextExtensionJob
+from ctxext.config import OperatorConfig
+from ctxext.controller.paths import pod_storage, stage_model_path, stage_output_dir
+from ctxext.naming import pytorchjob_name
+from ctxext.planner import Plan
+from ctxext.stage_config import ENV_VAR, ReportTarget, build_stage_config
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "PyTorchJob"
+LABEL_JOB = "ctxext.dev/job"
+LABEL_STAGE = "ctxext.dev/stage"
+LABEL_ATTEMPT = "ctxext.dev/attempt"
+ANNOTATION_LR = "ctxext.dev/learning-rate"
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+MASTER_PORT = 23456
+RUN_AS_USER = 1000
+
+
+def job_labels(cej: str, stage: int, attempt: int) -> dict[str, str]:
+    """Labels of a stage attempt's PyTorchJob and its pods (all values ≤ 63 characters)."""
+    return {
+        LABEL_JOB: cej, LABEL_STAGE: str(stage), LABEL_ATTEMPT: str(attempt),
+        "app.kubernetes.io/name": "ctxext-trainer", "app.kubernetes.io/instance": cej,
+        "app.kubernetes.io/component": "stage", "app.kubernetes.io/part-of": "ctxext",
+        "app.kubernetes.io/managed-by": "ctxext-operator",
+    }
+
+
+def _omp_threads(cpu: str | None, procs: int) -> str:
+    """CPU cores per process (at least 1); 1 when no CPU quantity is given."""
+    if not cpu:
+        return "1"
+    cores = float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return str(max(1, int(cores // procs)))
+
+
+def _resources(job: ContextExtensionJob) -> dict[str, Any]:
+    res = job.spec.resources
+    amounts: dict[str, str] = {}
+    if res.cpu:
+        amounts["cpu"] = res.cpu
+    if res.memory:
+        amounts["memory"] = res.memory
+    limits = dict(amounts)
+    if res.gpus_per_node > 0:
+        limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    out: dict[str, Any] = {}
+    if amounts:
+        out["requests"] = amounts
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt: int = 1,
+                     learning_rate: float | None = None, config: OperatorConfig | None = None,
+                     suspend: bool | None = None) -> dict[str, Any]:
+    """The PyTorchJob for ``stage`` (1-based) attempt ``attempt``; ``learning_rate`` overrides the plan's."""
+    config = config or OperatorConfig()
+    spec = job.spec
+    name = str(job.metadata.get("name", "local"))
+    namespace = str(job.metadata.get("namespace") or "default")
+    planned = plan.stages[stage - 1]
+    job_name = pytorchjob_name(name, stage, attempt)
+    stage_config = build_stage_config(
+        job, plan, stage, attempt=attempt, job_name=job_name,
+        model_path=stage_model_path(spec, namespace, name, stage),
+        output_dir=stage_output_dir(spec, namespace, name, stage),
+        device="cuda" if spec.resources.gpus_per_node > 0 else "cpu", learning_rate=learning_rate,
+        report=ReportTarget(kind="kubernetes", namespace=namespace, name=name))
+    storage = pod_storage(spec, hf_cache_claim=config.hf_cache_claim)
+    labels = job_labels(name, stage, attempt)
+    env = [
+        {"name": ENV_VAR, "value": stage_config.dumps()},
+        {"name": "OMP_NUM_THREADS", "value": _omp_threads(spec.resources.cpu, planned.processes_per_node)},
+        *storage.env,
+        *({"name": e.name, "value": e.value} for e in spec.env),
+    ]
+    container: dict[str, Any] = {
+        "name": "pytorch", "image": spec.resources.image, "imagePullPolicy": config.image_pull_policy,
+        "command": list(config.trainer_command), "env": env,
+        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT},
+                  {"name": "metrics", "containerPort": spec.metrics.port}],
+        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *storage.mounts],
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "runAsNonRoot": True},
+    }
+    if spec.model.credentials_secret_ref:
+        container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret_ref.name}}]
+    if resources := _resources(job):
+        container["resources"] = resources
+    sched = spec.scheduling
+    pod: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory",
+                                                  "sizeLimit": f"{spec.resources.shared_memory_gib}Gi"}},
+                    *storage.volumes],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
+                            "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    if config.trainer_service_account:
+        pod["serviceAccountName"] = config.trainer_service_account
+    if sched.priority_class_name:
+        pod["priorityClassName"] = sched.priority_class_name
+    if sched.node_selector:
+        pod["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod["tolerations"] = [t.to_wire() for t in sched.tolerations]
+    if sched.affinity:
+        pod["affinity"] = sched.affinity
+    template = {"metadata": {"labels": labels}, "spec": pod}
+    replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
+    if planned.nodes > 1:
+        replicas["Worker"] = {"replicas": planned.nodes - 1, "restartPolicy": "Never", "template": template}
+    run_policy: dict[str, Any] = {
+        "backoffLimit": 0,  # a failed attempt is retried by the operator, from the latest checkpoint
+        "cleanPodPolicy": spec.run_policy.clean_pod_policy,
+        "suspend": spec.suspend if suspend is None else suspend,
+    }
+    if spec.run_policy.ttl_seconds_after_finished is not None:
+        run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished
+    if spec.run_policy.active_deadline_seconds is not None:
+        run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
+    metadata: dict[str, Any] = {"name": job_name, "namespace": namespace, "labels": dict(labels),
+                                "annotations": {ANNOTATION_LR: repr(stage_config.learning_rate)}}
+    if sched.queue_name:
+        metadata["labels"][QUEUE_LABEL] = sched.queue_name
+    return {
+        "apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
+        "spec": {"nprocPerNode": str(planned.processes_per_node), "runPolicy": run_policy,
+                 "pytorchReplicaSpecs": replicas},
+    }

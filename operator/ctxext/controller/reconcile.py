@@ -1,0 +1,148 @@
+"""The reconciler: (spec, plan, status, observed PyTorchJobs, now) → :class:`Decision`. Pure.
+
+Level-based: every pass looks at the whole picture and says what the status should be and which
+PyTorchJobs must exist; running it twice on the same inputs asks for the same (idempotent)
+creations, which the caller turns into a no-op through the deterministic names (409 → adopt).
+The stage state machine itself is in :mod:`ctxext.controller.stages`.
+
+Phases: Running (a stage attempt exists or waits for its backoff), Suspended (``spec.suspend``),
+Succeeded (every stage passed; ``finalModelPath`` set), Failed (a stage ran out of retries, a gate
+failed with ``onGateFailure: Fail``, or the planner rejected the spec before anything ran:
+condition ``InvalidSpec`` names the field).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctxext.controller.conditions import DEGRADED, FAILED, INVALID_SPEC, PROGRESSING, READY, Conditions
+from ctxext.controller.model import OPERATOR_FIELDS, Decision, Event, Inputs
+from ctxext.controller.observe import format_time
+from ctxext.controller.paths import stage_output_dir
+from ctxext.controller.stages import ADVANCE, StagePass
+from ctxext.planner import Plan
+
+NO_CLAIM_WARNING = ("spec.checkpoint.claimName is not set: checkpoints live in an emptyDir, which only works "
+                    "with the local executor; set a PersistentVolumeClaim on a cluster")
+
+
+def initial_stages(plan: Plan) -> list[dict[str, Any]]:
+    """status.stages before anything ran."""
+    return [{"index": s.index, "seqLen": s.seq_len, "ropeTheta": s.rope_theta, "steps": s.steps,
+             "phase": "Pending", "attempts": 0, "learningRate": s.learning_rate} for s in plan.stages]
+
+
+def _metrics_source(status: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where status.loss / status.perplexity come from: the trainer's live progress, else the last result."""
+    progress = status.get("progress") or {}
+    if progress.get("loss") is not None:
+        return progress
+    for s in reversed(stages):
+        result = s.get("result") or {}
+        if result.get("finalLoss") is not None:
+            return {"loss": result.get("finalLoss"), "perplexity": result.get("perplexity")}
+    return {}
+
+
+def _summary(out: dict[str, Any], status: dict[str, Any], stages: list[dict[str, Any]],
+             current: dict[str, Any] | None) -> None:
+    shown = current or (stages[-1] if stages else None)
+    if shown:
+        out.update(stage=f"{shown['index']}/{len(stages)}", currentStage=shown["index"], seqLen=shown["seqLen"],
+                   ropeTheta=shown["ropeTheta"])
+    source = _metrics_source(status, stages)
+    out.update(loss=source.get("loss"), perplexity=source.get("perplexity"))
+
+
+def _invalid(inp: Inputs, d: Decision, conds: Conditions, out: dict[str, Any], started: bool) -> bool:
+    """Record a spec the planner rejects; True when there is nothing more to do."""
+    message = str(inp.spec_error)
+    if conds.set(INVALID_SPEC, True, "InvalidSpec", message):
+        d.events.append(Event("Warning", "InvalidSpec", message))
+    if started:  # a stage already ran: keep watching it, start nothing new
+        return False
+    out["phase"] = "Failed"
+    conds.set(FAILED, True, "InvalidSpec", message)
+    conds.set(READY, False, "InvalidSpec", "the spec cannot run; fix the field named in the InvalidSpec condition")
+    conds.set(PROGRESSING, False, "InvalidSpec", message)
+    return True
+
+
+def reconcile(inp: Inputs) -> Decision:
+    """One reconcile pass; see the module docstring."""
+    d = Decision()
+    status = inp.status or {}
+    conds = Conditions(status.get("conditions"), now=format_time(inp.now), generation=inp.generation)
+    out: dict[str, Any] = {k: status.get(k) for k in OPERATOR_FIELDS}
+    out["observedGeneration"] = inp.generation
+    stages = [dict(s) for s in status.get("stages") or []]
+    started = any(int(s.get("attempts") or 0) > 0 for s in stages)
+    invalid_failure = (conds.get(FAILED) or {}).get("reason") == "InvalidSpec" and not started
+    terminal = status.get("phase") in ("Succeeded", "Failed") and not invalid_failure
+    old_phase = status.get("phase")
+
+    if inp.plan is None:
+        if _invalid(inp, d, conds, out, started or terminal) or inp.spec is None:
+            out["conditions"] = conds.to_list()
+            d.status = out
+            return d
+    elif inp.spec is not None:
+        conds.set(INVALID_SPEC, False, "SpecValid", f"the spec plans into {len(inp.plan.stages)} stages")
+        warnings = list(inp.plan.warnings) + ([] if inp.spec.checkpoint.claim_name else [NO_CLAIM_WARNING])
+        out["warnings"] = warnings or None
+        stages = stages or initial_stages(inp.plan)
+    if terminal or not stages or inp.spec is None:
+        _summary(out, status, stages, None)
+        out["conditions"] = conds.to_list()
+        d.status = out
+        return d
+
+    sp = StagePass(inp, inp.spec, d, len(stages))
+    current: dict[str, Any] | None = None
+    for s in stages:
+        if s.get("phase") == "Succeeded":
+            continue
+        current = s
+        if sp.step(s) != ADVANCE:
+            break
+        current = None
+    out["stages"] = stages
+    _summary(out, status, stages, current)
+    n = len(stages)
+    if sp.failure:
+        reason, message = sp.failure
+        out["phase"] = "Failed"
+        conds.set(FAILED, True, reason, message)
+        conds.set(READY, False, reason, message)
+        conds.set(PROGRESSING, False, reason, message)
+        conds.set(DEGRADED, True, reason, message)
+    elif current is None:
+        last = stages[-1]
+        model = (last.get("result") or {}).get("modelPath") or (
+            stage_output_dir(inp.spec, inp.namespace, inp.name, last["index"]) + "/model")
+        out.update(phase="Succeeded", finalModelPath=model)
+        message = f"all {n} stages succeeded; final model at {model}"
+        conds.set(READY, True, "Succeeded", message)
+        conds.set(PROGRESSING, False, "Succeeded", message)
+        conds.set(DEGRADED, False, "Succeeded", message)
+        conds.set(FAILED, False, "Succeeded", message)
+    else:
+        label = f"stage {current['index']}/{n}"
+        if inp.spec.suspend:
+            out["phase"] = "Suspended"
+            conds.set(PROGRESSING, False, "Suspended", f"suspended by spec.suspend at {label}")
+            conds.set(READY, False, "Suspended", f"suspended by spec.suspend at {label}")
+        else:
+            out["phase"] = "Running"
+            conds.set(PROGRESSING, True, "StageRunning", current.get("message") or f"{label} running")
+            conds.set(READY, False, "InProgress", f"{label} of {n} in progress")
+        conds.set(DEGRADED, sp.degraded is not None, "Retrying" if sp.degraded else "AsExpected",
+                  sp.degraded or "no failed attempts in the current stage")
+        conds.set(FAILED, False, "AsExpected", "no stage has failed for good")
+    if out["phase"] != old_phase:
+        kind = "Warning" if out["phase"] == "Failed" else "Normal"
+        text = sp.failure[1] if sp.failure else str((conds.get(READY) or {}).get("message", ""))
+        d.events.append(Event(kind, str(out["phase"]), text))
+    out["conditions"] = conds.to_list()
+    d.status = out
+    return d

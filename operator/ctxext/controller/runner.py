@@ -1,0 +1,76 @@
+"""Start-up of ``ctxext operator``: kopf settings, Kubernetes client, metrics, and the run loop."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from ctxext.config import OperatorConfig
+from ctxext.controller import metrics
+from ctxext.controller.kube import Controller
+
+#: The settings the handlers module reads at import time (the timer interval); :func:`run` sets it.
+CONFIG = OperatorConfig.from_env()
+PREFIX = "ctxext.dev"
+
+
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any) -> None:
+    """The one startup handler: every kopf setting we change, and why."""
+    # Watches: ask the API server to end each watch after watch_timeout_seconds and give the client
+    # a minute more; a connection that died silently (NAT, load balancer) is then replaced within
+    # minutes instead of hanging forever. The resync timer covers whatever a lost watch missed.
+    settings.watching.server_timeout = CONFIG.watch_timeout_seconds
+    settings.watching.client_timeout = CONFIG.watch_timeout_seconds + 60
+    settings.watching.connect_timeout = 30
+    # Progress and diff-base under our own API group, in annotations: status belongs to us and the
+    # trainer (kopf would otherwise write status.kopf), and ctxext.dev/... is obviously ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    # Finalizer name under our group. kopf only adds it for non-optional deletion handlers; we have
+    # none (PyTorchJobs are owned through ownerReferences and go with the garbage collector).
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Events: posted for explicit transitions only (not for every log line). Off on API servers
+    # without an events resource (the test server), where kopf would queue them forever.
+    settings.posting.enabled = CONFIG.post_events
+    settings.posting.loggers = False
+    # Handlers are synchronous (kubernetes client); a small pool is plenty for one reconcile per job.
+    settings.execution.max_workers = 8
+    if CONFIG.namespaces:
+        # Watch exactly the namespaces given, without listing namespaces (no cluster-wide RBAC).
+        settings.scanning.disabled = True
+    try:
+        config.load_incluster_config()
+        where = "in-cluster service account"
+    except config.ConfigException:
+        config.load_kube_config()
+        where = f"kubeconfig {os.environ.get('KUBECONFIG', '~/.kube/config')}"
+    memo.controller = Controller(CONFIG, client.CustomObjectsApi())
+    logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
+                ", ".join(CONFIG.namespaces) or "all", CONFIG.resync_seconds)
+
+
+def reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
+    memo.controller.reconcile(namespace, name)
+
+
+def forget(memo: kopf.Memo, namespace: str, name: str) -> None:
+    memo.controller.forget(f"{namespace}/{name}")
+
+
+def run(settings: OperatorConfig, *, verbose: bool = False) -> None:
+    """Run the operator until interrupted."""
+    global CONFIG
+    CONFIG = settings
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat[settings.log_format.upper()])
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    from ctxext.controller import handlers  # noqa: F401 - registers the handlers (reads CONFIG)
+
+    metrics.serve(settings.metrics_port)
+    liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
+    kopf.run(standalone=True, clusterwide=not settings.namespaces, namespaces=settings.namespaces,
+             liveness_endpoint=liveness)
