@@ -8,6 +8,7 @@ cross-field rule — is a :class:`SpecError` whose message starts with the field
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob
         raise SpecError([("kind", f"{source}: expected apiVersion {API_VERSION}, kind {KIND}; got "
                           f"apiVersion {api_version!r}, kind {kind!r}")])
     try:
-        job = ContextExtensionJob.model_validate(obj)
+        # Strict, through JSON, like the API server: "65536" is not an integer, 5.0 is not an integer,
+        # but enum values arrive as strings. YAML-only types (dates) are passed on as strings.
+        job = ContextExtensionJob.model_validate_json(json.dumps(obj, default=str), strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     except RecursionError:

@@ -101,3 +101,16 @@ def test_console_script_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "spec:" in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("path, value", [
+    ("spec.targetContextLength", "65536"),     # a string is not an integer (the API server agrees)
+    ("spec.targetContextLength", 65536.0),     # neither is a float
+    ("spec.suspend", "false"),
+    ("spec.model.ropeTheta", "5e5"),
+])
+def test_types_are_strict_like_the_api_server(tmp_path, path, value):
+    f = tmp_path / "m.yaml"
+    f.write_text(yaml.safe_dump(with_path(minimal(), path, value)))
+    result = runner.invoke(app, ["validate", str(f)])
+    assert result.exit_code == 2 and path in result.output
