@@ -223,19 +223,27 @@ def test_rbac_has_no_wildcards_and_no_dangerous_verbs(rendered):
 
 
 def test_operator_rights_are_exactly_what_it_uses(rendered):
+    """The verbs ctxext.controller (kube.py, handlers.py) and kopf use, nothing more."""
     name, objects = rendered
-    rules = {(g, r): set(rule["verbs"]) for obj, rule in _rules(objects) if obj["metadata"]["name"] == "ctxext"
-             for g in rule["apiGroups"] for r in rule["resources"]}
-    expected = {
+    operator_roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role") and o["metadata"]["name"] == "ctxext"]
+    namespaced = {
         ("ctxext.dev", "contextextensionjobs"): {"get", "list", "watch", "patch"},
         ("ctxext.dev", "contextextensionjobs/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "patch"},
         ("", "events"): {"create"},
-        ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     }
-    if name == "all-on":  # namespaced mode: kopf also checks which of its namespaces exist
-        expected[("", "namespaces")] = {"get", "list", "watch"}
-    assert rules == expected
+    if name == "defaults":  # all namespaces: one ClusterRole, plus kopf's read-only CRD observer
+        assert [o["kind"] for o in operator_roles] == ["ClusterRole"]
+        expected = {**namespaced, ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
+    else:  # namespaced mode: a Role per watched namespace and no cluster-wide rights
+        assert {(o["kind"], o["metadata"]["namespace"]) for o in operator_roles} == {("Role", "team-a"),
+                                                                                      ("Role", "team-b")}
+        assert not kinds(objects, "ClusterRole") and not kinds(objects, "ClusterRoleBinding")
+        expected = namespaced
+    for role in operator_roles:
+        rules = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+                 for g in rule["apiGroups"] for r in rule["resources"]}
+        assert rules == expected, role["kind"]
 
 
 def test_trainer_role_only_patches_job_status(rendered):
