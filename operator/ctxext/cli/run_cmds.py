@@ -1,0 +1,74 @@
+"""`ctxext run` (the whole curriculum locally) and `ctxext init-tiny` (train the demo base model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ctxext.cli.common import console, fail, reports_errors
+from ctxext.manifest import load_job
+from ctxext.planner import plan_curriculum
+
+MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
+
+
+def _trainer_available() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers", "ctxext_trainer"))
+
+
+@reports_errors
+def run(manifest: Path = MANIFEST,
+        workdir: Path | None = typer.Option(None, "--workdir", help="Run directory (default: ./ctxext-runs/<name>). "
+                                            "Rerunning with the same one resumes."),
+        nproc: int | None = typer.Option(None, "--nproc", min=1, max=64,
+                                         help="Trainer processes per stage (default: the plan's, 2 on CPU)."),
+        metrics_port: int = typer.Option(9400, "--metrics-port", min=0, max=65535,
+                                         help="Serve run metrics on this port (trainer ranks on port+1+rank); "
+                                              "0 disables.")) -> None:
+    """Run a ContextExtensionJob on this machine: each stage with torchrun (CPU, gloo), evaluation, gates,
+    checkpoints. Ctrl-C stops after saving a checkpoint; the same command resumes where it stopped."""
+    from ctxext.local_run.runner import LocalRun, RunOptions
+
+    job = load_job(manifest)
+    plan = plan_curriculum(job.spec)
+    if not _trainer_available():
+        raise fail("`ctxext run` needs the trainer extra (torch, transformers, deepspeed): "
+                   "pip install 'ctxext[trainer]'")
+    name = job.metadata.get("name") or manifest.stem
+    opts = RunOptions(workdir=workdir or Path("ctxext-runs") / name, nproc=nproc, metrics_port=metrics_port)
+    console.print(f"[bold]{name}[/]: {plan.original_context_length} → {plan.target_context_length} tokens in "
+                  f"{len(plan.stages)} stages ({plan.theta_rule}); workdir {opts.workdir}"
+                  + (f"; metrics on http://127.0.0.1:{metrics_port}/metrics" if metrics_port else ""))
+    for w in plan.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    code = LocalRun(job, plan, opts, console).run()
+    if code:
+        raise typer.Exit(code)
+
+
+@reports_errors
+def init_tiny(directory: Path = typer.Argument(..., help="Output model directory.", show_default=False),
+              seed: int = typer.Option(0, help="Seed of weights, data order and passkey samples."),
+              steps: int = typer.Option(1200, min=1, help="Optimizer steps."),
+              ) -> None:
+    """Train the tiny demo base model (byte vocabulary, 128 tokens) on the shipped corpus and passkey samples,
+    then check it retrieves passkeys at 128 tokens (>= 0.95)."""
+    if not _trainer_available():
+        raise fail("`ctxext init-tiny` needs the trainer extra: pip install 'ctxext[trainer]'")
+    from ctxext_trainer.tiny.base import PASS_BAR, BaseTrainingConfig, train_base
+
+    cfg = BaseTrainingConfig(seed=seed, steps=steps)
+    metrics = train_base(directory, cfg, log=console.print)
+    console.print(f"saved {directory}: passkey@{cfg.original_length} {metrics['passkeyAccuracy']:.3f}, "
+                  f"held-out perplexity {metrics['heldOutPerplexity']:.3f}, {metrics['wallSeconds']:.0f}s")
+    if float(metrics["passkeyAccuracy"]) < PASS_BAR:
+        raise fail(f"passkey accuracy {metrics['passkeyAccuracy']:.3f} at {cfg.original_length} is below "
+                   f"{PASS_BAR}; train longer (--steps) or try another --seed", code=1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
+    app.command("init-tiny")(init_tiny)

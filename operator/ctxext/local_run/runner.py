@@ -1,0 +1,212 @@
+"""`ctxext run`: the whole curriculum on one machine, with the cluster's planner, trainer and gates.
+
+For each stage not yet done: write ``stage-<i>/stage-config.json``, run
+``python -m torch.distributed.run --standalone --nproc-per-node N -m ctxext_trainer --stage-config F``
+(gloo on CPU, ``OMP_NUM_THREADS=1`` per process), poll ``train_log.jsonl`` for the progress bars,
+then read result.json (the trainer evaluates the stage), evaluate the gates and write the outcome
+back into result.json. Before stage 1 the base model is evaluated at every curriculum length
+(``baseline/evaluation.json``). Ctrl-C sends SIGTERM to the trainer, which saves a checkpoint; a
+rerun skips finished stages and the trainer resumes from its checkpoint. No torch in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ctxext.api.job import ContextExtensionJob
+from ctxext.gates import all_passed, evaluate_gates, failed_summary
+from ctxext.local_run.display import StageBars, checks_table, summary_table
+from ctxext.local_run.layout import Workdir, base_model_dir, local_stage_config, world_size, write_stage_config
+from ctxext.local_run.markdown import write_report_md
+from ctxext.local_run.metrics import RunMetrics
+from ctxext.local_run.progress import read_progress
+from ctxext.local_run.report import build_report
+from ctxext.planner import Plan
+from ctxext.results import RESULT_FILE, StageResult, write_result
+
+POLL_SECONDS = 0.5
+TERM_GRACE_SECONDS = 120
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(kw_only=True)
+class RunOptions:
+    workdir: Path
+    nproc: int | None = None
+    metrics_port: int = 0
+    """Run-level /metrics port (0: none); trainer ranks use metrics_port + 1 + rank."""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               PYTHONUNBUFFERED="1")
+    return env
+
+
+def trainer_command(config_path: Path, nproc: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "ctxext_trainer", "--stage-config", str(config_path)]
+
+
+def _terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the trainer's process group (the trainer checkpoints), then wait; kill if it hangs."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=TERM_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+class LocalRun:
+    """One `ctxext run` of one manifest in one workdir."""
+
+    def __init__(self, job: ContextExtensionJob, plan: Plan, opts: RunOptions, console: Console):
+        self.job, self.plan, self.opts, self.console = job, plan, opts, console
+        self.name = job.metadata.get("name") or "local"
+        self.wd = Workdir(opts.workdir)
+        self.nproc = world_size(plan, opts.nproc)
+        self.metrics = RunMetrics(self.name, len(plan.stages))
+        self.started = time.monotonic()
+
+    def _trainer_port(self) -> int:
+        return self.opts.metrics_port + 1 if self.opts.metrics_port else 0
+
+    def baseline(self) -> dict[str, Any]:
+        """The base model evaluated at every curriculum length, once per workdir."""
+        if self.wd.baseline_file.exists():
+            return dict(json.loads(self.wd.baseline_file.read_text()))
+        lengths = sorted({self.plan.original_context_length, *(s.seq_len for s in self.plan.stages)})
+        config = local_stage_config(self.job, self.plan, self.wd, 1, metrics_port=0)
+        config = config.model_copy(update={"eval_lengths": lengths, "output_dir": str(self.wd.baseline_dir),
+                                           "rope_theta": self.plan.base_rope_theta or config.rope_theta})
+        self.wd.baseline_dir.mkdir(parents=True, exist_ok=True)
+        path = self.wd.baseline_dir / "stage-config.json"
+        path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+        self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {lengths} …")
+        log = self.wd.baseline_dir / "evaluate.log"
+        with log.open("ab") as out:
+            rc = subprocess.call([sys.executable, "-m", "ctxext_trainer.tiny.evaluate", "--stage-config", str(path),
+                                  "--out", str(self.wd.baseline_file)], env=_env(), stdout=out, stderr=out)
+        if rc != 0:
+            raise RuntimeError(f"the baseline evaluation failed (exit {rc}); see {log}")
+        return dict(json.loads(self.wd.baseline_file.read_text()))
+
+    def run_stage(self, index: int, bars: StageBars, baseline: dict[str, Any]) -> tuple[str, str | None]:
+        """("done" | "failed" | "interrupted", reason)."""
+        config = local_stage_config(self.job, self.plan, self.wd, index, metrics_port=self._trainer_port())
+        path = write_stage_config(self.wd, index, config)
+        resumed = self.wd.stage_state(index) in ("partial", "failed")
+        (self.wd.stage_dir(index) / RESULT_FILE).unlink(missing_ok=True)  # a stale Failed/Preempted one
+        bars.start(index, "resuming from checkpoint" if resumed else "")
+        log = self.wd.stage_dir(index) / "trainer.log"
+        with log.open("ab") as out:
+            proc = subprocess.Popen(trainer_command(path, self.nproc), env=_env(), stdout=out, stderr=out,
+                                    start_new_session=True)
+            try:
+                while proc.poll() is None:
+                    time.sleep(POLL_SECONDS)
+                    p = read_progress(config, self.nproc)
+                    if p is not None:
+                        bars.update(index, p)
+                        self.metrics.on_progress(index, p)
+                        if p.step >= config.steps:
+                            bars.note(index, "evaluating")
+            except KeyboardInterrupt:
+                bars.note(index, "interrupted: saving a checkpoint")
+                _terminate(proc)
+                bars.finish(index, steps=None, loss=None, note="interrupted")
+                return "interrupted", None
+        result = self.wd.result(index)
+        if result is None:
+            bars.finish(index, steps=None, loss=None, note=f"[red]trainer exited {proc.returncode}[/]")
+            return "failed", (f"stage {index}: the trainer exited with code {proc.returncode} and wrote no result; "
+                              f"see {log}")
+        return self._judge(index, result, bars, baseline)
+
+    def _judge(self, index: int, result: StageResult, bars: StageBars,
+               baseline: dict[str, Any]) -> tuple[str, str | None]:
+        self.metrics.on_evaluation(index, result.evaluation)
+        if result.status != "Succeeded":
+            bars.finish(index, steps=result.steps_done, loss=result.final_loss, note=f"[red]{result.reason}[/]")
+            return "failed", f"stage {index}: {result.reason}"
+        stage = self.plan.stages[index - 1]
+        outcomes = evaluate_gates(self.job.spec.evaluation.gates, result.evaluation, baseline=baseline,
+                                  stage_seq_len=stage.seq_len, original_length=self.plan.original_context_length)
+        result = result.model_copy(update={"gates": [o.to_dict() for o in outcomes], "baseline": baseline})
+        if not all_passed(outcomes):
+            reason = failed_summary(outcomes)
+            result = result.model_copy(update={"status": "Failed", "reason": reason, "reason_code": "GateFailed"})
+            write_result(self.wd.stage_dir(index), result)
+            bars.finish(index, steps=result.steps_done, loss=result.final_loss, note="[red]gate failed[/]")
+            return "failed", f"stage {index}: gate failed: {reason}"
+        write_result(self.wd.stage_dir(index), result)
+        bars.finish(index, steps=result.steps_done, loss=result.final_loss, note="[green]done[/]")
+        return "done", None
+
+    def run(self) -> int:
+        self.wd.claim(self.job)
+        self.metrics.serve(self.opts.metrics_port)
+        self.metrics.on_stage(0, 0)
+        baseline = self.baseline()
+        self.metrics.on_evaluation(0, baseline)
+        status, reason, done = "Succeeded", None, 0
+        with StageBars(self.console, self.plan) as bars:
+            for stage in self.plan.stages:
+                self.metrics.on_stage(stage.index, done)
+                previous = self.wd.result(stage.index)
+                if previous is not None and previous.status == "Succeeded":
+                    bars.start(stage.index)
+                    bars.finish(stage.index, steps=previous.steps_done, loss=previous.final_loss,
+                                note="done (earlier run)")
+                    done += 1
+                    continue
+                outcome, reason = self.run_stage(stage.index, bars, baseline)
+                if outcome != "done":
+                    status = "Interrupted" if outcome == "interrupted" else "Failed"
+                    break
+                done += 1
+        self.metrics.on_stage(0, done)
+        return self.finish(status, reason, baseline)
+
+    def finish(self, status: str, reason: str | None, baseline: dict[str, Any]) -> int:
+        results = [r for s in self.plan.stages if (r := self.wd.result(s.index)) is not None]
+        model = None
+        if status == "Succeeded":
+            final = self.wd.stage_dir(len(self.plan.stages)) / "model"
+            shutil.rmtree(self.wd.final_model, ignore_errors=True)
+            shutil.copytree(final, self.wd.final_model)
+            model = str(self.wd.final_model)
+        report = build_report(job_name=self.name, plan=self.plan, baseline=baseline, results=results,
+                              status=status, wall_seconds=time.monotonic() - self.started, model_path=model)
+        if reason:
+            report["reason"] = reason
+        self.wd.report_json.write_text(json.dumps(report, indent=2))
+        write_report_md(self.wd, report)
+        self.console.print(summary_table(report))
+        if report["checks"]:
+            self.console.print(checks_table(report))
+        self.console.print(f"report: {self.wd.report_json}  {self.wd.report_md}" +
+                           (f"  model: {model}" if model else ""))
+        if status == "Interrupted":
+            self.console.print(f"[yellow]interrupted[/]: rerun the same command to resume in {self.wd.root}")
+            return EXIT_INTERRUPTED
+        if status == "Failed":
+            self.metrics.on_failure()
+            self.console.print(f"[bold red]failed:[/] {reason}")
+            return 1
+        return 0
