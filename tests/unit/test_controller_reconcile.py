@@ -10,7 +10,6 @@ from ctxext.controller.reconcile import reconcile
 from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
-
 from tests.unit.helpers import minimal
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from ctxext.config import OperatorConfig
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.paths import base_model_path, stage_model_path
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
 from ctxext.stage_config import ENV_VAR, load_stage_config
-
 from tests.unit.helpers import example, minimal
 
 ARCH = {"numLayers": 2, "hiddenSize": 256, "intermediateSize": 512, "numAttentionHeads": 8, "vocabSize": 1000}

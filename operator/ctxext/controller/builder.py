@@ -103,8 +103,8 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
     container: dict[str, Any] = {
         "name": "pytorch", "image": spec.resources.image, "imagePullPolicy": config.image_pull_policy,
         "command": list(config.trainer_command), "env": env,
-        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT},
-                  {"name": "metrics", "containerPort": spec.metrics.port}],
+        "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"},
+                  {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"}],
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *storage.mounts],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": True},

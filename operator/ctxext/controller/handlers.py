@@ -7,6 +7,7 @@ from the PyTorchJobs that exist. Sync handlers run in kopf's thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -27,20 +28,20 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: 
 @kopf.on.resume(*CEJ, backoff=10)
 @kopf.on.create(*CEJ, backoff=10)
 @kopf.on.update(*CEJ, field="spec", backoff=10)
-def changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     runner.reconcile(memo, namespace, name)
 
 
 @kopf.timer(*CEJ, interval=runner.CONFIG.resync_seconds)
-def resync(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     runner.reconcile(memo, namespace, name)
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={LABEL_JOB: kopf.PRESENT})
-def pytorchjob_event(namespace: str, labels: Any, memo: kopf.Memo, **_: Any) -> None:
+def pytorchjob_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
     runner.reconcile(memo, namespace, labels[LABEL_JOB])
 
 
 @kopf.on.delete(*CEJ, optional=True)
-def deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+def deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     runner.forget(memo, namespace, name)

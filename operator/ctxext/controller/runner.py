@@ -54,12 +54,12 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any) -> 
                 ", ".join(CONFIG.namespaces) or "all", CONFIG.resync_seconds)
 
 
-def reconcile(memo: kopf.Memo, namespace: str, name: str) -> None:
-    memo.controller.reconcile(namespace, name)
+def reconcile(memo: Any, namespace: str | None, name: str) -> None:
+    memo.controller.reconcile(namespace or "default", name)
 
 
-def forget(memo: kopf.Memo, namespace: str, name: str) -> None:
-    memo.controller.forget(f"{namespace}/{name}")
+def forget(memo: Any, namespace: str | None, name: str) -> None:
+    memo.controller.forget(f"{namespace or 'default'}/{name}")
 
 
 def run(settings: OperatorConfig, *, verbose: bool = False) -> None:

@@ -1,0 +1,157 @@
+"""Run ``ctxext operator`` as a subprocess against the test API server, and play the training-operator.
+
+Used by tests/integration/test_operator_*.py and tests/e2e/test_operator_e2e.py. The test API server
+has no events resource, so event posting is off (CTXEXT_POST_EVENTS=0).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from ctxext.api.base import GROUP, PLURAL, VERSION
+
+CTXEXT = str(Path(sys.executable).with_name("ctxext"))
+PTJ = ("kubeflow.org", "v1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    """A long-running ctxext subprocess with its log in a file."""
+
+    def __init__(self, args: list[str], log: Path, env: dict[str, str]):
+        self.args, self.log_path, self.env = args, log, env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([CTXEXT, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, as in a node failure."""
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+class OperatorProcess(Proc):
+    """``ctxext operator`` with fast resync, no event posting, and free ports for /healthz and /metrics."""
+
+    def __init__(self, kubeconfig: str, log: Path, **extra_env: str):
+        self.health_port, self.metrics_port = free_port(), free_port()
+        env = {**os.environ, "KUBECONFIG": kubeconfig, "OMP_NUM_THREADS": "1", "CTXEXT_POST_EVENTS": "0",
+               "CTXEXT_RESYNC_SECONDS": "2", "CTXEXT_RESULT_GRACE_SECONDS": "0",
+               "CTXEXT_HEALTH_PORT": str(self.health_port), "CTXEXT_METRICS_PORT": str(self.metrics_port),
+               **extra_env}
+        super().__init__(["operator", "--kubeconfig", kubeconfig], log, env)
+
+    def start(self) -> OperatorProcess:
+        super().start()
+        wait_for(lambda: self.get("/healthz", self.health_port) is not None, what="operator /healthz", proc=self)
+        return self
+
+    def get(self, path: str, port: int | None = None) -> str | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port or self.metrics_port}{path}", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return None
+
+
+def wait_for(fn: Callable[[], Any], *, what: str, timeout: float = 90, proc: Proc | None = None) -> Any:
+    """Poll ``fn`` until it returns something truthy; fail with the operator's log otherwise."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            last = None
+        if last:
+            return last
+        if proc is not None and not proc.alive():
+            raise AssertionError(f"{proc.args[0]} exited while waiting for {what}:\n{proc.tail()}")
+        time.sleep(0.2)
+    raise AssertionError(f"gave up waiting for {what} (last: {last!r})\n{proc.tail() if proc else ''}")
+
+
+class Cluster:
+    """Reads and writes the test API server the way users, the trainer and the training-operator do."""
+
+    def __init__(self, api: client.CustomObjectsApi, namespace: str):
+        self.api, self.ns = api, namespace
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = {**obj, "metadata": {**obj["metadata"], "namespace": self.ns}}
+        return dict(self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, obj,
+                                                             field_validation="Strict"))
+
+    def cej(self, name: str) -> dict[str, Any]:
+        return dict(self.api.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.cej(name).get("status") or {}
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
+
+    def trainer_reports(self, name: str, status: dict[str, Any]) -> None:
+        """What trainer rank 0 does: merge-patch status.progress / status.results."""
+        self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.ns, PLURAL, name, {"status": status})
+
+    def pytorchjobs(self, cej: str) -> dict[str, dict[str, Any]]:
+        items = self.api.list_namespaced_custom_object(*PTJ, self.ns, "pytorchjobs",
+                                                       label_selector=f"ctxext.dev/job={cej}")["items"]
+        return {j["metadata"]["name"]: j for j in items}
+
+    def pytorchjob(self, name: str) -> dict[str, Any]:
+        return dict(self.api.get_namespaced_custom_object(*PTJ, self.ns, "pytorchjobs", name))
+
+    def set_conditions(self, name: str, *types: str, message: str = "") -> None:
+        """Play the training-operator: conditions Created, Running, ... each True (the last one wins)."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conds = [{"type": t, "status": "True", "reason": f"PyTorchJob{t}", "message": message or f"job {t.lower()}",
+                  "lastTransitionTime": now, "lastUpdateTime": now} for t in types]
+        self.api.patch_namespaced_custom_object_status(*PTJ, self.ns, "pytorchjobs", name,
+                                                       {"status": {"conditions": conds}})
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        conds = self.status(name).get("conditions") or []
+        return next((c for c in conds if c["type"] == kind), {})
