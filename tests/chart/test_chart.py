@@ -65,6 +65,7 @@ def test_all_on_renders_every_optional_object():
     assert dashboard["metadata"]["annotations"] == {"grafana_folder": "LLM training"}
     shipped = json.loads((CHART / "dashboards" / "ctxext.json").read_text())
     assert json.loads(dashboard["data"]["ctxext.json"]) == shipped
+    assert len(dashboard["data"]["ctxext.json"].encode()) < 1024 * 1024  # a ConfigMap holds at most 1 MiB
     # Namespaced mode: Roles for the operator in each watched namespace, trainer identity in each job namespace.
     operator_roles = {o["metadata"]["namespace"] for o in kinds(objects, "Role") if o["metadata"]["name"] == "ctxext"}
     assert operator_roles == {"team-a", "team-b"}
