@@ -1,0 +1,77 @@
+"""Pictures of an evaluation: a depth × length accuracy heatmap per retrieval task (the familiar
+needle-in-a-haystack plot) and a loss-by-position / perplexity-by-length plot. Agg backend; PNG.
+
+Heatmap layout (``grid[length][depth]`` = accuracy; green 1.0 … red 0.0, value in each cell)::
+
+              128    256    512      ← context length (tokens)
+    depth 0%  1.00   1.00   0.80
+         50%  1.00   0.60   0.20
+        100%  1.00   1.00   1.00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _tokens(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def heatmap(grid: Mapping[int, Mapping[float, float]], *, title: str, path: Path) -> Path:
+    """Write the depth × length heatmap of one task; returns ``path``."""
+    lengths = sorted(grid)
+    depths = sorted({d for row in grid.values() for d in row})
+    values = [[grid[n].get(d, float("nan")) for n in lengths] for d in depths]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.45 * len(depths)), dpi=100)
+    im = ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(lengths)), [_tokens(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("depth")
+    ax.set_title(title)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            if v == v:  # not NaN
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+    fig.colorbar(im, ax=ax, label="accuracy")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path
+
+
+def loss_plot(position_loss: Mapping[int, Sequence[Mapping[str, float]]], perplexity: Mapping[int, float], *,
+              original_length: int, title: str, path: Path) -> Path:
+    """Loss by position bucket (one line per length, a dashed line at L0) beside perplexity by length."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for length in sorted(position_loss):
+        rows = position_loss[length]
+        left.plot([(r["from"] + r["to"]) / 2 for r in rows], [r["loss"] for r in rows], marker="o",
+                  label=_tokens(length))
+    left.axvline(original_length, color="grey", linestyle="--", label=f"L0 = {_tokens(original_length)}")
+    left.set_xlabel("position (bucket centre)")
+    left.set_ylabel("next-token loss")
+    left.set_title("loss by position")
+    left.legend(fontsize=7)
+    lengths = sorted(perplexity)
+    right.plot(lengths, [perplexity[n] for n in lengths], marker="o")
+    if len(lengths) > 1:
+        right.set_xscale("log", base=2)
+    right.set_xticks(lengths, [_tokens(n) for n in lengths])
+    right.set_xlabel("context length (tokens)")
+    right.set_ylabel("perplexity")
+    right.set_title("perplexity by length")
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,75 @@
+"""Evaluation after a stage: what the trainer calls once the stage's model is saved.
+
+``evaluate_stage`` runs the stage config's evaluation (tasks, depths, samples per cell, seed) at its
+``eval_lengths`` (L0 and every stage length so far, unless the spec lists lengths), with position
+buckets of width L0, plots under ``<output_dir>/eval/`` and gauges labelled with the job and stage.
+Needle haystacks come from the stage's corpus (``data.source``); perplexity uses its held-out
+documents (the same ``validationFraction`` split the training data leaves out), or — when the
+split holds none back, as with the one-document tiny corpus — the corpus itself (noted).
+
+Called on every rank of the stage (after ``torch.distributed`` is initialized): the ranks split the
+samples (:mod:`ctxext_trainer.eval.parallel`); ``model`` must be the plain Hugging Face module with
+sequence parallelism off for inference (each rank runs whole prompts). Example::
+
+    evaluation = evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir),
+                                is_rank0=topo.is_rank0)
+    # {"passkeyAccuracy": {"128": 1.0, "256": 0.9}, "perplexity": {...}, "positionLoss": [...], "plots": [...]}
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ctxext.stage_config import StageConfig
+from ctxext_trainer.eval.suite import builtin_corpus_texts, evaluate_model
+from ctxext_trainer.eval.tasks import CORPUS_TASKS
+from ctxext_trainer.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def stage_texts(config: StageConfig) -> tuple[list[str] | None, list[str] | None, str | None]:
+    """(haystack texts, perplexity texts, note) of a stage's corpus; the builtin corpus if it cannot be read."""
+    try:
+        from ctxext_trainer.data.augment import split_documents
+        from ctxext_trainer.data.sources import load_documents
+
+        docs = load_documents(config.data.source, fmt=str(config.data.format), text_field=config.data.text_field)
+        _, held_out = split_documents(docs, config.data.validation_fraction, config.data.seed)
+    except Exception as exc:  # a missing corpus must not lose the rest of the evaluation
+        log.warning("evaluation corpus %s unreadable (%s); using the builtin tiny corpus", config.data.source, exc)
+        builtin = builtin_corpus_texts()
+        return builtin, builtin, f"corpus {config.data.source} unreadable ({exc}); used the builtin tiny corpus"
+    if held_out:
+        return docs, held_out, None
+    return docs, docs, "perplexity measured on the training corpus (the validation split holds no document)"
+
+
+def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, output_dir: Path, is_rank0: bool,
+                   registry: Any = None) -> dict[str, Any]:
+    """The stage's ``evaluation`` dict (metric → {"<length>": value}, positionLoss at the longest
+    length, plots). ``registry``: the trainer's prometheus registry, so its /metrics serves the gauges."""
+    spec = config.evaluation
+    lengths: Sequence[int] = config.eval_lengths or sorted({config.original_context_length, config.seq_len})
+    tasks = [str(t) for t in spec.tasks]
+    haystack, ppl_texts, note = stage_texts(config)
+    notes = [note] if note else []
+    if not haystack and any(t in CORPUS_TASKS for t in tasks):
+        dropped = [t for t in tasks if t in CORPUS_TASKS]
+        notes.append(f"{', '.join(dropped)} skipped: no corpus text")
+        tasks = [t for t in tasks if t not in CORPUS_TASKS]
+    evaluation = evaluate_model(
+        model, tokenizer, tasks=tasks, lengths=lengths, depths=spec.depths, samples_per_cell=spec.samples_per_cell,
+        seed=spec.seed, original_length=config.original_context_length, output_dir=output_dir,
+        corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
+        labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
+        title=f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})")
+    if notes:
+        evaluation["notes"] = notes + list(evaluation.get("notes", []))
+    if is_rank0:
+        summary = {k: v for k, v in evaluation.items() if k.endswith("Accuracy") or k == "perplexity"}
+        log.info("stage %d evaluation: %s", config.stage, summary)
+    return evaluation
