@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ctxext.cli import operator_cmds, plan_cmds, run_cmds
+from ctxext.cli import eval_cmds, operator_cmds, plan_cmds, run_cmds
 
 app = typer.Typer(
     name="ctxext",
@@ -16,6 +16,7 @@ app = typer.Typer(
 plan_cmds.register(app)
 operator_cmds.register(app)
 run_cmds.register(app)
+eval_cmds.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
     app()
