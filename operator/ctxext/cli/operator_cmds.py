@@ -80,6 +80,32 @@ def render(
     sys.stdout.write(yaml.safe_dump(body, sort_keys=False, width=120))
 
 
+@reports_errors
+def local_executor(
+    root: Path = typer.Option(..., help="Directory that stands for the pods' volumes: mount path P becomes "
+                              "ROOT/P (/ckpt -> ROOT/ckpt); logs and state in ROOT/.executor/."),
+    kubeconfig: Path | None = typer.Option(None, help="Kubeconfig (default $KUBECONFIG or ~/.kube/config)."),
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Only these namespaces (default all)."),
+    poll: float = typer.Option(1.0, help="Seconds between passes over the PyTorchJobs."),
+    stop_grace: float = typer.Option(30.0, help="Seconds between SIGTERM and SIGKILL when stopping a job."),
+) -> None:
+    """Run PyTorchJobs on this machine with torchrun: a development stand-in for the Kubeflow
+    training-operator (writes Created/Running/Succeeded/Failed/Suspended conditions)."""
+    import logging
+
+    from kubernetes import client, config
+
+    from ctxext.controller.local_executor import LocalExecutor
+
+    _use_kubeconfig(kubeconfig)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config.load_kube_config()
+    root.mkdir(parents=True, exist_ok=True)
+    LocalExecutor(client.CustomObjectsApi(), root, namespaces=namespace, poll=poll,
+                  stop_grace=stop_grace).run_forever()
+
+
 def register(app: typer.Typer) -> None:
     app.command()(operator)
     app.command()(render)
+    app.command("local-executor")(local_executor)
