@@ -24,10 +24,17 @@ BYTE_TOKENIZER_FILE = "ctxext_tokenizer.json"
 class Tokenizer(Protocol):
     """What ctxext needs from a tokenizer."""
 
-    vocab_size: int
-    eos_id: int
-    bos_id: int | None
-    pad_id: int
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def eos_id(self) -> int: ...
+
+    @property
+    def bos_id(self) -> int | None: ...
+
+    @property
+    def pad_id(self) -> int: ...
 
     def encode(self, text: str) -> list[int]: ...
 

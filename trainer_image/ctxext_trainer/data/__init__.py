@@ -1,0 +1,1 @@
+"""Training data: corpus sources, deterministic resumable packing, augmentation, length curriculum."""

@@ -1,0 +1,102 @@
+"""Per-step batches for every rank: length curriculum, data-parallel split, sequence-parallel shards.
+
+Every rank runs the same deterministic stream and keeps only its part, so no rank needs to know
+another's position and a checkpoint holds one :class:`~ctxext_trainer.data.packing.StreamState`.
+One optimizer step draws ``dp · accumulation · batch`` sequences of the step's length ``L``;
+sequence ``j`` belongs to micro-step ``j // (dp·batch)`` and data-parallel rank
+``(j mod dp·batch) // batch``. Each sequence-parallel rank ``r`` of ``sp`` then keeps tokens
+``[r·L/sp, (r+1)·L/sp)`` of inputs, labels and positions.
+
+Example: dp 1, sp 2, batch 1, accumulation 1, L = 8 → rank 0 gets positions 0..3, rank 1 gets
+4..7; labels were shifted before cutting, so rank 0's last label is token 4.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ctxext_trainer.data.augment import is_synthetic, synthetic_sequence, upsampling_weights
+from ctxext_trainer.data.packing import PackedSequence, StreamState, TokenStream, next_packed
+
+
+def step_length(step: int, *, seed: int, seq_len: int, min_seq_len: int | None, multiple: int) -> int:
+    """Sequence length of optimizer step ``step`` (0-based): ``seq_len``, or with a within-stage
+    curriculum a value drawn from [min_seq_len, seq_len] from seed and step, rounded down to a
+    multiple of ``multiple`` (the sequence-parallel degree).
+
+    >>> step_length(3, seed=1, seq_len=512, min_seq_len=None, multiple=2)
+    512
+    >>> all(128 <= step_length(s, seed=1, seq_len=512, min_seq_len=128, multiple=8) <= 512 for s in range(50))
+    True
+    >>> step_length(7, seed=1, seq_len=512, min_seq_len=130, multiple=8) % 8
+    0
+    """
+    if not min_seq_len or min_seq_len >= seq_len:
+        return seq_len
+    drawn = random.Random(f"ctxext-len:{seed}:{step}").randint(min_seq_len, seq_len)
+    return max(multiple, min(seq_len, max(drawn // multiple * multiple, -(-min_seq_len // multiple) * multiple)))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """This rank's place: data-parallel and sequence-parallel coordinates, batch shape."""
+
+    dp_rank: int = 0
+    dp_size: int = 1
+    sp_rank: int = 0
+    sp_size: int = 1
+    batch_size: int = 1
+    accumulation: int = 1
+
+
+class StageData:
+    """The packed, augmented sequences of a stage, resumable through :attr:`state`."""
+
+    def __init__(self, docs: list[list[int]], *, eos_id: int, seed: int, seq_len: int,
+                 min_seq_len: int | None = None, upsample_long: bool = False, synthetic_ratio: float = 0.0,
+                 synthetic_task: str = "passkey", encode: Any = None, state: StreamState | None = None):
+        weights = upsampling_weights([len(d) for d in docs], seq_len) if upsample_long else None
+        self.stream = TokenStream(docs, eos_id=eos_id, seed=seed, weights=weights, state=state)
+        self.seed, self.seq_len, self.min_seq_len = seed, seq_len, min_seq_len
+        self.synthetic_ratio, self.synthetic_task, self.encode = synthetic_ratio, synthetic_task, encode
+
+    @property
+    def state(self) -> StreamState:
+        return self.stream.state
+
+    @state.setter
+    def state(self, value: StreamState) -> None:
+        self.stream.state = value
+
+    def next_sequence(self, n: int) -> PackedSequence:
+        number = self.stream.state.sequences
+        self.stream.state.sequences += 1
+        if self.encode is not None and is_synthetic(self.seed, number, self.synthetic_ratio):
+            sample = synthetic_sequence(self.stream, n, task=self.synthetic_task, seed=self.seed,
+                                        sequence_number=number, encode=self.encode)
+            if sample is not None:
+                return sample
+        return next_packed(self.stream, n)
+
+    def step_batches(self, step: int, layout: Layout) -> list[dict[str, torch.Tensor]]:
+        """This rank's micro-batches of optimizer step ``step`` (consumes the whole step's data)."""
+        length = step_length(step, seed=self.seed, seq_len=self.seq_len, min_seq_len=self.min_seq_len,
+                             multiple=layout.sp_size)
+        per_micro = layout.dp_size * layout.batch_size
+        sequences = [self.next_sequence(length) for _ in range(per_micro * layout.accumulation)]
+        shard = length // layout.sp_size
+        lo, hi = layout.sp_rank * shard, (layout.sp_rank + 1) * shard
+        batches = []
+        for micro in range(layout.accumulation):
+            first = micro * per_micro + layout.dp_rank * layout.batch_size
+            mine = sequences[first:first + layout.batch_size]
+            batches.append({
+                "input_ids": torch.tensor([s.input_ids[lo:hi] for s in mine], dtype=torch.long),
+                "labels": torch.tensor([s.labels[lo:hi] for s in mine], dtype=torch.long),
+                "position_ids": torch.tensor([s.position_ids[lo:hi] for s in mine], dtype=torch.long),
+            })
+        return batches

@@ -1,0 +1,88 @@
+"""DeepSpeed engine: the config dict (pure), the learning-rate schedule (pure) and initialisation.
+
+A torch optimizer (AdamW, or SGD for the gradient-equality tests) is passed to
+``deepspeed.initialize`` so DeepSpeed compiles no C++ extension. Gradient clipping is left to
+DeepSpeed (``gradient_clipping``); the health guard checks the gradients before every step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from ctxext.stage_config import StageConfig
+from torch.optim.lr_scheduler import LambdaLR
+
+GRADIENT_CLIPPING = 1.0
+
+
+def deepspeed_config(config: StageConfig, *, gradient_clipping: float = GRADIENT_CLIPPING) -> dict[str, Any]:
+    """The DeepSpeed JSON config of a stage.
+
+    >>> from ctxext.stage_config import StageConfig
+    >>> c = StageConfig(job="j", job_name="j-s1-a1", stage=1, total_stages=1, model_path="/m", output_dir="/o",
+    ...                 seq_len=256, rope_theta=1e4, original_context_length=128, steps=2, learning_rate=1e-3,
+    ...                 device="cpu", zero_stage=2, gradient_accumulation=4)
+    >>> d = deepspeed_config(c)
+    >>> d["zero_optimization"]["stage"], d["gradient_accumulation_steps"], d["bf16"]["enabled"]
+    (2, 4, False)
+    """
+    zero: dict[str, Any] = {"stage": config.zero_stage}
+    if config.zero_stage == 3:
+        # reduce_scatter pinned: its gradient averaging is what loss.sequence_parallel_loss_scale assumes
+        zero.update(stage3_gather_16bit_weights_on_model_save=True, contiguous_gradients=True, reduce_scatter=True,
+                    overlap_comm=config.device == "cuda")
+    elif config.zero_stage in (1, 2):
+        zero.update(contiguous_gradients=True, overlap_comm=config.device == "cuda")
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation,
+        "gradient_clipping": gradient_clipping,
+        "zero_optimization": zero,
+        "bf16": {"enabled": config.device == "cuda"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+        "dump_state": False,
+    }
+
+
+def lr_factor(step: int, *, steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """Learning-rate multiplier at optimizer step ``step`` (0-based).
+
+    Linear warm-up over ``warmup`` steps, then constant, or cosine / linear decay to ``min_ratio``.
+
+    >>> [round(lr_factor(s, steps=10, warmup=2, schedule="cosine", min_ratio=0.1), 3) for s in (0, 1, 2, 9)]
+    [0.5, 1.0, 1.0, 0.134]
+    """
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant" or steps <= warmup + 1:
+        return 1.0
+    progress = min(1.0, (step - warmup) / (steps - warmup))
+    if schedule == "linear":
+        return 1.0 - (1.0 - min_ratio) * progress
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_engine(module: torch.nn.Module, config: StageConfig, ds_config: dict[str, Any], *, mpu: Any = None,
+                 optimizer: str = "adamw") -> Any:
+    """``deepspeed.initialize`` with a torch optimizer and the stage's LR schedule; returns the engine."""
+    import deepspeed
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt: torch.optim.Optimizer
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=config.learning_rate)
+    else:
+        opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+
+    def schedule(o: torch.optim.Optimizer) -> LambdaLR:
+        return LambdaLR(o, lambda s: lr_factor(s, steps=config.steps, warmup=config.warmup_steps,
+                                               schedule=config.lr_schedule,
+                                               min_ratio=config.min_learning_rate_ratio))
+
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule, config=ds_config,
+                                           mpu=mpu)
+    return engine

@@ -1,0 +1,110 @@
+"""Prometheus metrics of one trainer rank, served on ``metrics_port + local_rank`` (0 disables).
+
+Labels: ``cej`` and ``cej_namespace`` (the ContextExtensionJob; Prometheus would rename exported
+``job`` / ``namespace`` labels to ``exported_*``), ``stage``, ``rank``. ``ctxext_stage_info``
+(value 1) adds ``seq_len`` and ``rope_theta``. Loss and perplexity are the token-weighted mean
+over all data- and sequence-parallel ranks, so every rank reports the same value.
+
+Example scrape (abridged)::
+
+    ctxext_train_loss{cej="tiny",cej_namespace="default",rank="0",stage="2"} 2.31
+    ctxext_stage_info{cej="tiny",cej_namespace="default",rank="0",rope_theta="691374.2",seq_len="512",stage="2"} 1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import sys
+from typing import Any
+
+import torch
+from ctxext.stage_config import StageConfig
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+log = logging.getLogger(__name__)
+LABELS = ("cej", "cej_namespace", "stage", "rank")
+
+
+def max_rss_bytes() -> float:
+    """Peak resident memory of this process in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return float(rss if sys.platform == "darwin" else rss * 1024)
+
+
+class TrainerMetrics:
+    """Gauges and counters of one rank; :meth:`serve` starts the HTTP endpoint."""
+
+    def __init__(self, config: StageConfig, rank: int):
+        self.registry = CollectorRegistry()
+        self.labels = {"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage),
+                       "rank": str(rank)}
+        r = self.registry
+
+        def gauge(name: str, doc: str, extra: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, (*LABELS, *extra), registry=r)
+
+        self.loss = gauge("ctxext_train_loss", "Training loss (mean over data- and sequence-parallel ranks)")
+        self.perplexity = gauge("ctxext_train_perplexity", "exp(training loss)")
+        self.grad_norm = gauge("ctxext_grad_norm", "Global gradient norm before clipping")
+        self.layer_norm = gauge("ctxext_grad_norm_layer", "Largest / smallest per-layer gradient norm", ("which",))
+        self.clip_ratio = gauge("ctxext_grad_clip_ratio", "Factor gradient clipping scaled gradients by (1 = none)")
+        self.update_ratio = gauge("ctxext_update_to_weight_ratio", "||weight update|| / ||weights||")
+        self.nonfinite = Counter("ctxext_grad_nonfinite", "Non-finite gradient elements seen", LABELS, registry=r)
+        self.spikes = Counter("ctxext_loss_spikes", "Loss spikes detected", LABELS, registry=r)
+        self.tokens_per_second = gauge("ctxext_tokens_per_second", "Training tokens per second, all ranks")
+        self.step = gauge("ctxext_train_step", "Optimizer steps completed")
+        self.total_steps = gauge("ctxext_train_total_steps", "Optimizer steps planned for the stage")
+        self.learning_rate = gauge("ctxext_learning_rate", "Learning rate of the last step")
+        self.step_seconds = gauge("ctxext_step_seconds", "Wall time of the last optimizer step")
+        self.memory = gauge("ctxext_memory_bytes", "Memory of this rank", ("kind",))
+        self.info = gauge("ctxext_stage_info", "Stage facts (value 1)", ("seq_len", "rope_theta"))
+        self.info.labels(**self.labels, seq_len=str(config.seq_len), rope_theta=f"{config.rope_theta:.10g}").set(1)
+        self.total_steps.labels(**self.labels).set(config.steps)
+        self.nonfinite.labels(**self.labels)
+        self.spikes.labels(**self.labels)
+        self.server: Any = None
+
+    def serve(self, port: int) -> int | None:
+        """Serve /metrics on ``port``; a busy port is logged, never fatal. Returns the port or None."""
+        if port <= 0:
+            return None
+        try:
+            self.server, _ = start_http_server(port, addr="0.0.0.0", registry=self.registry)
+        except OSError as exc:
+            log.warning("metrics endpoint on port %d not started: %s", port, exc)
+            return None
+        return port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+    def record_step(self, *, step: int, loss: float, grad_norm: float, layer_max: float, layer_min: float,
+                    clip_ratio: float, tokens_per_second: float, step_seconds: float, learning_rate: float,
+                    update_ratio: float | None) -> None:
+        lab = self.labels
+        self.step.labels(**lab).set(step)
+        self.loss.labels(**lab).set(loss)
+        self.perplexity.labels(**lab).set(math.exp(min(loss, 700.0)) if math.isfinite(loss) else math.nan)
+        self.grad_norm.labels(**lab).set(grad_norm)
+        self.layer_norm.labels(**lab, which="max").set(layer_max)
+        self.layer_norm.labels(**lab, which="min").set(layer_min)
+        self.clip_ratio.labels(**lab).set(clip_ratio)
+        self.tokens_per_second.labels(**lab).set(tokens_per_second)
+        self.step_seconds.labels(**lab).set(step_seconds)
+        self.learning_rate.labels(**lab).set(learning_rate)
+        if update_ratio is not None:
+            self.update_ratio.labels(**lab).set(update_ratio)
+        self.memory.labels(**lab, kind="max_rss").set(max_rss_bytes())
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            self.memory.labels(**lab, kind="cuda_allocated").set(torch.cuda.memory_allocated())
+            self.memory.labels(**lab, kind="cuda_max_allocated").set(torch.cuda.max_memory_allocated())
+
+    def record_nonfinite(self, count: int) -> None:
+        self.nonfinite.labels(**self.labels).inc(count)
+
+    def record_spike(self) -> None:
+        self.spikes.labels(**self.labels).inc()

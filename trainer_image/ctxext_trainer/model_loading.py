@@ -1,0 +1,69 @@
+"""Load the stage's starting model (a local Hugging Face Llama-family directory) with its new theta.
+
+The theta goes into ``config.rope_parameters`` *before* the model is built, and the rotary module
+is rebuilt afterwards all the same (:func:`ctxext_trainer.rope.set_rope_theta`), so neither a
+config that transformers re-standardises nor a cached rotary module can keep the old base.
+Loading is offline (``HF_HUB_OFFLINE=1``, ``local_files_only``). Under ZeRO-3 a
+``HfDeepSpeedConfig`` kept alive during ``from_pretrained`` makes transformers build the model
+inside ``deepspeed.zero.Init``, so no rank ever holds the full model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ctxext_trainer.rope import apply_stage_rope, set_rope_theta
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    attn_implementation: str
+    dtype: torch.dtype
+    hf_ds_config: Any = None
+    """Keeps transformers' ZeRO-3 awareness alive while the engine exists."""
+
+
+def attention_implementation(device: str) -> str:
+    """flash_attention_2 on CUDA when the package is installed, else sdpa (Ulysses needs one of them)."""
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def training_dtype(device: str) -> torch.dtype:
+    """bf16 on GPU (DeepSpeed keeps fp32 master weights), fp32 on CPU."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device: str,
+                   activation_checkpointing: bool, ds_config: dict[str, Any] | None = None) -> LoadedModel:
+    """The model of ``model_dir`` with the stage's RoPE theta, ready for ``deepspeed.initialize``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model directory {path} has no config.json")
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    apply_stage_rope(config, theta, seq_len)
+    attn = attention_implementation(device)
+    dtype = training_dtype(device)
+    hf_ds_config = None
+    if ds_config is not None and ds_config.get("zero_optimization", {}).get("stage") == 3:
+        from transformers.integrations import HfDeepSpeedConfig
+
+        hf_ds_config = HfDeepSpeedConfig(ds_config)
+    model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, attn_implementation=attn,
+                                                 local_files_only=True)
+    set_rope_theta(model, theta, seq_len)
+    model.config.use_cache = False
+    if activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return LoadedModel(model=model, attn_implementation=attn, dtype=dtype, hf_ds_config=hf_ds_config)

@@ -1,0 +1,109 @@
+"""Progress and result reporting to the ContextExtensionJob's status subresource (rank 0 only).
+
+With ``report.kind == "kubernetes"`` the trainer merge-patches
+``contextextensionjobs.ctxext.dev/v1alpha1`` ``<namespace>/<name>/status``:
+
+* every :data:`MIN_INTERVAL_SECONDS` at most: ``status.progress`` = ``{jobName, stage, step,
+  totalSteps, loss, perplexity, tokensPerSecond, updated}``;
+* at the end: ``status.results[<jobName>]`` = the stage result (result.json's content).
+
+The client uses the in-cluster service account, else ``$KUBECONFIG``. Every failure is logged and
+swallowed: reporting never stops training (result.json on the volume stays the source of truth).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import time
+from typing import Any
+
+from ctxext.stage_config import StageConfig
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "ctxext.dev", "v1alpha1", "contextextensionjobs"
+MIN_INTERVAL_SECONDS = 10.0
+REQUEST_TIMEOUT_SECONDS = 5
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def progress_patch(config: StageConfig, *, step: int, loss: float | None, tokens_per_second: float | None,
+                   now: dt.datetime) -> dict[str, Any]:
+    """The status merge patch of one progress report.
+
+    >>> from ctxext.stage_config import StageConfig
+    >>> c = StageConfig(job="j", job_name="j-s1-a1", stage=1, total_stages=2, model_path="/m", output_dir="/o",
+    ...                 seq_len=256, rope_theta=1e4, original_context_length=128, steps=10, learning_rate=1e-3)
+    >>> p = progress_patch(c, step=3, loss=0.0, tokens_per_second=5.0, now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    >>> p["status"]["progress"]["perplexity"], p["status"]["progress"]["updated"]
+    (1.0, '2026-01-01T00:00:00Z')
+    """
+    loss = _finite(loss)
+    return {"status": {"progress": {
+        "jobName": config.job_name, "stage": config.stage, "step": step, "totalSteps": config.steps,
+        "loss": loss, "perplexity": math.exp(min(loss, 700.0)) if loss is not None else None,
+        "tokensPerSecond": _finite(tokens_per_second),
+        "updated": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }}}
+
+
+def result_patch(job_name: str, result: dict[str, Any]) -> dict[str, Any]:
+    return {"status": {"results": {job_name: result}}}
+
+
+class StatusReporter:
+    """Rate-limited CEJ status patcher; a no-op unless report.kind is kubernetes and this is rank 0."""
+
+    def __init__(self, config: StageConfig, *, is_rank0: bool, min_interval: float = MIN_INTERVAL_SECONDS):
+        self.config = config
+        self.enabled = is_rank0 and config.report.kind == "kubernetes"
+        self.min_interval = min_interval
+        self._last = -math.inf
+        self._api: Any = None
+        if self.enabled and not (config.report.name or config.job):
+            log.warning("report.kind is kubernetes but no job name is known; status reporting disabled")
+            self.enabled = False
+
+    def _client(self) -> Any:
+        if self._api is None:
+            from kubernetes import client
+            from kubernetes import config as kube_config
+
+            if os.environ.get("KUBERNETES_SERVICE_HOST"):
+                kube_config.load_incluster_config()
+                self._api = client.CustomObjectsApi()
+            else:
+                self._api = client.CustomObjectsApi(kube_config.new_client_from_config(
+                    config_file=os.environ.get("KUBECONFIG")))
+        return self._api
+
+    def _patch(self, body: dict[str, Any]) -> bool:
+        target = self.config.report
+        try:
+            self._client().patch_namespaced_custom_object_status(
+                GROUP, VERSION, target.namespace or self.config.namespace, PLURAL, target.name or self.config.job,
+                body, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+            return True
+        except Exception as exc:  # reporting must never stop training
+            log.warning("could not patch the ContextExtensionJob status: %s", exc)
+            return False
+
+    def progress(self, *, step: int, loss: float | None, tokens_per_second: float | None,
+                 force: bool = False) -> bool:
+        if not self.enabled:
+            return False
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return False
+        self._last = now
+        return self._patch(progress_patch(self.config, step=step, loss=loss, tokens_per_second=tokens_per_second,
+                                          now=dt.datetime.now(dt.UTC)))
+
+    def result(self, result: dict[str, Any]) -> bool:
+        return self.enabled and self._patch(result_patch(self.config.job_name, result))

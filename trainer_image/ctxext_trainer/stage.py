@@ -1,0 +1,158 @@
+"""Run one curriculum stage end to end: build, (resume,) train, save, evaluate, report.
+
+:func:`run_stage` is what ``python -m ctxext_trainer`` calls; it returns the process exit code
+(:mod:`ctxext_trainer.exit_codes`) and always destroys the process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ctxext.results import Health, StageResult, write_result
+from ctxext.stage_config import StageConfig
+
+from ctxext_trainer import exit_codes
+from ctxext_trainer.checkpoint import load_latest_checkpoint
+from ctxext_trainer.data.corpus import build_stage_data
+from ctxext_trainer.data.packing import StreamState
+from ctxext_trainer.distributed import (
+    Topology,
+    close_distributed,
+    init_distributed,
+    sequence_parallel_group,
+    setup_sequence_parallel,
+)
+from ctxext_trainer.engine import GRADIENT_CLIPPING, build_engine, deepspeed_config, lr_factor
+from ctxext_trainer.export import export_model
+from ctxext_trainer.guard import HealthGuard
+from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
+from ctxext_trainer.metrics import TrainerMetrics
+from ctxext_trainer.model_loading import load_causal_lm
+from ctxext_trainer.reporting import StatusReporter
+from ctxext_trainer.rope import keep_rope_fp32
+from ctxext_trainer.tokenizer import load_tokenizer
+from ctxext_trainer.train_loop import LoopParts, LoopState, checkpoint_root, run_steps
+
+log = logging.getLogger(__name__)
+
+
+def _set_lr_after_resume(engine: Any, config: StageConfig, step: int) -> None:
+    """A retry may run with a lower learning rate than the checkpoint's scheduler remembers."""
+    scheduler = engine.lr_scheduler
+    scheduler.base_lrs = [config.learning_rate for _ in scheduler.base_lrs]
+    factor = lr_factor(step, steps=config.steps, warmup=config.warmup_steps, schedule=config.lr_schedule,
+                       min_ratio=config.min_learning_rate_ratio)
+    for group in engine.optimizer.param_groups:
+        group["lr"] = config.learning_rate * factor
+
+
+def _evaluate(lm: Any, tokenizer: Any, config: StageConfig, topo: Topology) -> dict[str, Any]:
+    if not config.evaluation.enabled:
+        return {}
+    from ctxext_trainer.eval.stage import evaluate_stage  # owned by the evaluation package; lazy on purpose
+
+    lm.eval()
+    return dict(evaluate_stage(lm, tokenizer, config, output_dir=Path(config.output_dir), is_rank0=topo.is_rank0))
+
+
+def _result(config: StageConfig, state: LoopState, guard: HealthGuard, *, status: str, reason: str | None,
+            code: str | None, model_path: Path | None, evaluation: dict[str, Any], wall: float) -> StageResult:
+    loss = state.last_loss
+    return StageResult(
+        status=status, reason=reason, reason_code=code, job_name=config.job_name, stage=config.stage,
+        attempt=config.attempt, seq_len=config.seq_len, rope_theta=config.rope_theta,
+        learning_rate=config.learning_rate, steps_done=state.step, total_steps=config.steps,
+        resumed_from_step=state.resumed_from, final_loss=loss,
+        perplexity=math.exp(min(loss, 700.0)) if loss is not None and math.isfinite(loss) else None,
+        tokens_per_second=state.tokens / state.train_seconds if state.train_seconds else None, wall_seconds=wall,
+        health=Health.model_validate(guard.health()),
+        checkpoint=str(state.checkpoint) if state.checkpoint else None,
+        model_path=str(model_path) if model_path else None, evaluation=evaluation)
+
+
+def train_stage(config: StageConfig, topo: Topology) -> int:
+    """Everything between process-group setup and teardown."""
+    started = time.time()
+    out = Path(config.output_dir)
+    if topo.is_rank0:
+        out.mkdir(parents=True, exist_ok=True)
+    preempt = [False]
+    signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__(0, True))
+    tokenizer = load_tokenizer(config.model_path)
+    ds_config = deepspeed_config(config, gradient_clipping=GRADIENT_CLIPPING)
+    loaded = load_causal_lm(config.model_path, theta=config.rope_theta, seq_len=config.seq_len, device=config.device,
+                            activation_checkpointing=config.activation_checkpointing, ds_config=ds_config)
+    mpu = setup_sequence_parallel(loaded.model, topo, config.batch_size, loaded.attn_implementation)
+    module = CausalLMTrainModule(loaded.model, sp_group=sequence_parallel_group(mpu),
+                                 loss_scale=sequence_parallel_loss_scale(config.zero_stage, topo.sp_size))
+    engine = build_engine(module, config, ds_config, mpu=mpu)
+    keep_rope_fp32(loaded.model)
+    data = build_stage_data(config, tokenizer)
+    guard = HealthGuard(sigma=config.failure_policy.loss_spike_sigma,
+                        max_spikes=config.failure_policy.max_loss_spikes, clip=GRADIENT_CLIPPING)
+    state = LoopState()
+    resumed = load_latest_checkpoint(engine, checkpoint_root(config))
+    if resumed is not None:
+        state.step = state.resumed_from = state.checkpoint_step = resumed[0]
+        state.checkpoint = checkpoint_root(config) / f"step-{resumed[0]}"
+        data.state = StreamState.from_dict(resumed[1]["data"])
+        guard.load_state_dict(resumed[1].get("guard", {}))
+        _set_lr_after_resume(engine, config, state.step)
+        log.info("resumed from %s", state.checkpoint)
+    metrics = TrainerMetrics(config, topo.rank)
+    metrics.serve(config.metrics_port + topo.local_rank if config.metrics_port else 0)
+    reporter = StatusReporter(config, is_rank0=topo.is_rank0)
+    try:
+        parts = LoopParts(config=config, engine=engine, data=data, topo=topo, guard=guard, metrics=metrics,
+                          reporter=reporter, preempt_flag=preempt)
+        state = run_steps(parts, state)
+        model_path, evaluation = None, {}
+        if state.stop is None and not state.preempted:
+            if state.checkpoint_step != state.step:
+                from ctxext_trainer.checkpoint import save_checkpoint
+                from ctxext_trainer.train_loop import trainer_state
+
+                state.checkpoint = save_checkpoint(engine, checkpoint_root(config), state.step,
+                                                   trainer_state(parts, state.step), keep=config.keep_checkpoints,
+                                                   is_rank0=topo.is_rank0)
+            model_path = export_model(engine, loaded.model, tokenizer, out, zero_stage=config.zero_stage,
+                                      is_rank0=topo.is_rank0)
+            evaluation = _evaluate(loaded.model, tokenizer, config, topo)
+        if state.stop is not None:
+            status, reason, code, rc = "Failed", state.stop.message, state.stop.code, exit_codes.GUARD_STOP
+        elif state.preempted:
+            status, reason, code = "Failed", f"preempted at step {state.step}; checkpoint saved", "Preempted"
+            rc = exit_codes.PREEMPTED
+        else:
+            status, reason, code, rc = "Succeeded", None, None, exit_codes.OK
+        result = _result(config, state, guard, status=status, reason=reason, code=code, model_path=model_path,
+                         evaluation=evaluation, wall=time.time() - started)
+        if topo.is_rank0:
+            write_result(out, result)
+            reporter.progress(step=state.step, loss=state.last_loss, tokens_per_second=None, force=True)
+            reporter.result(result.to_wire())
+            log.info("stage %d %s%s", config.stage, status, f": {reason}" if reason else "")
+        return rc
+    finally:
+        metrics.close()
+
+
+def run_stage(config: StageConfig) -> int:
+    """Set up the process group, train the stage, always tear down. Returns the exit code."""
+    topo = init_distributed(config.device, config.sequence_parallel)
+    try:
+        return train_stage(config, topo)
+    except Exception as exc:
+        log.exception("stage failed")
+        if topo.is_rank0:
+            write_result(config.output_dir, StageResult(status="Failed", reason=f"{type(exc).__name__}: {exc}",
+                                                        reason_code="Error", job_name=config.job_name,
+                                                        stage=config.stage, attempt=config.attempt))
+        return exit_codes.ERROR
+    finally:
+        close_distributed()
