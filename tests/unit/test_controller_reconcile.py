@@ -186,3 +186,27 @@ def test_progress_is_mirrored_and_never_written():
     d = w.step()
     assert d.status["loss"] == 3.25 and d.status["perplexity"] == 25.8
     assert "progress" not in d.status and "results" not in d.status
+
+
+GATES = [{"metric": "passkeyAccuracy", "atLength": "stage", "min": 0.9}]
+
+
+def test_failed_gate_fails_the_job_with_the_gate_message():
+    w = World(manifest(evaluation={"gates": GATES}))
+    w.step()
+    w.finish("t-s1-a1", "Succeeded", {"status": "Succeeded", "evaluation": {"passkeyAccuracy": {"16384": 0.5}}})
+    d = w.step()
+    assert d.creates == [] and w.status["phase"] == "Failed"
+    message = w.cond("Failed")["message"]
+    assert message.startswith("stage 1/2 failed: evaluation gate not met: passkeyAccuracy") and "0.9" in message
+    assert w.cond("Failed")["reason"] == "GateFailed"
+
+
+def test_failed_gate_with_retry_policy_starts_another_attempt_and_passing_gates_advance():
+    w = World(manifest(evaluation={"gates": GATES}, failurePolicy={"onGateFailure": "Retry", "backoffSeconds": 0}))
+    w.step()
+    w.finish("t-s1-a1", "Succeeded", {"status": "Succeeded", "evaluation": {"passkeyAccuracy": {"16384": 0.5}}})
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(1, 2)]
+    w.finish("t-s1-a2", "Succeeded", {"status": "Succeeded", "evaluation": {"passkeyAccuracy": {"16384": 0.95}}})
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(2, 1)]
+    assert w.status["stages"][0]["phase"] == "Succeeded"

@@ -10,6 +10,7 @@ from ctxext.config import OperatorConfig
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.paths import base_model_path, stage_model_path
 from ctxext.manifest import job_from_object
+from ctxext.model_info import BUILTIN_DIR
 from ctxext.planner import plan_curriculum
 from ctxext.stage_config import ENV_VAR, load_stage_config
 from tests.unit.helpers import example, minimal
@@ -121,7 +122,8 @@ def test_cpu_job_uses_processes_per_node_and_no_gpus():
     ("pvc://models/llama-3-8b", "/models/models/llama-3-8b"),
     ("file:///opt/models/llama", "/opt/models/llama"),
     ("hf://meta-llama/Meta-Llama-3-8B", "meta-llama/Meta-Llama-3-8B"),
-    ("builtin://tiny", "builtin://tiny"),
+    ("builtin://tiny", str(BUILTIN_DIR / "tiny")),
+    ("s3://bucket/llama/", "s3://bucket/llama/"),
 ])
 def test_model_sources(source, path):
     job = job_from_object(minimal(model={"source": source, "ropeTheta": 500000, "headDim": 128,

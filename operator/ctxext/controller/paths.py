@@ -14,7 +14,11 @@ Conventions (the trainer and ``ctxext local-executor`` rely on them):
                                        ``HF_HOME=/models/hf-cache``, ``HF_HUB_OFFLINE=1``;
                                        model_path ``meta-llama/Meta-Llama-3-8B`` (resolved from
                                        the cache by transformers, never downloaded)
-``s3://bucket/prefix``, ``builtin://``  passed as-is (the trainer fetches / unpacks them)
+``builtin://tiny``                      the ctxext package's own ``data/tiny`` directory (where
+                                       ``ctxext init-tiny`` puts the demo model); works with the local
+                                       executor and in images that install ctxext the same way
+``s3://bucket/prefix``                 passed as-is (the trainer fetches it, credentials from
+                                       ``credentialsSecretRef`` via ``envFrom``)
 =====================================  ==========================================================
 
 ``spec.data.source`` ``pvc://corpus/slimpajama`` mounts claim ``corpus`` read-only at
@@ -30,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
+from ctxext.model_info import local_model_dir
 
 MODELS_ROOT = "/models"
 DATA_ROOT = "/data"
@@ -74,6 +79,8 @@ def base_model_path(spec: ContextExtensionJobSpec) -> str:
         return source[len("file://"):]
     if source.startswith("hf://"):
         return source[len("hf://"):]
+    if source.startswith("builtin://"):
+        return str(local_model_dir(source))
     return source
 
 
