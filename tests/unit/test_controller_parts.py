@@ -10,8 +10,8 @@ import pytest
 
 from ctxext.config import OperatorConfig
 from ctxext.controller.builder import build_pytorchjob
-from ctxext.controller.conditions import Conditions, checkpoint_step
 from ctxext.controller.local_launch import replica_processes, resolve_command
+from ctxext.controller.model import Conditions, checkpoint_step
 from ctxext.controller.observe import observe
 from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object

@@ -15,8 +15,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from ctxext.controller.conditions import DEGRADED, FAILED, INVALID_SPEC, PROGRESSING, READY, Conditions
-from ctxext.controller.model import OPERATOR_FIELDS, Decision, Event, Inputs
+from ctxext.controller.model import (
+    DEGRADED,
+    FAILED,
+    INVALID_SPEC,
+    OPERATOR_FIELDS,
+    PROGRESSING,
+    READY,
+    Conditions,
+    Decision,
+    Event,
+    Inputs,
+)
 from ctxext.controller.observe import format_time
 from ctxext.controller.paths import stage_output_dir
 from ctxext.controller.stages import ADVANCE, StagePass

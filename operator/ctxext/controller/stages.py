@@ -13,8 +13,16 @@ from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
 from ctxext.api.spec import OnGateFailure, OnNonFinite
-from ctxext.controller.conditions import describe_reason, retry_message
-from ctxext.controller.model import NUMERIC_FAULTS, CreateJob, Decision, Event, Inputs, SetSuspend
+from ctxext.controller.model import (
+    NUMERIC_FAULTS,
+    CreateJob,
+    Decision,
+    Event,
+    Inputs,
+    SetSuspend,
+    describe_reason,
+    retry_message,
+)
 from ctxext.controller.observe import format_time, parse_time
 from ctxext.naming import pytorchjob_name
 
