@@ -90,6 +90,8 @@ class LocalRun:
         """The base model evaluated at every curriculum length, once per workdir."""
         if self.wd.baseline_file.exists():
             return dict(json.loads(self.wd.baseline_file.read_text()))
+        if not self.job.spec.evaluation.enabled:
+            return {}
         lengths = sorted({self.plan.original_context_length, *(s.seq_len for s in self.plan.stages)})
         config = local_stage_config(self.job, self.plan, self.wd, 1, metrics_port=0)
         config = config.model_copy(update={"eval_lengths": lengths, "output_dir": str(self.wd.baseline_dir),

@@ -23,7 +23,7 @@ import torch
 
 from ctxext_trainer.tiny.corpus import TokenStream, corpus_documents, split_documents
 from ctxext_trainer.tiny.model import new_tiny_model, passkey_accuracy, save_tiny, text_perplexity
-from ctxext_trainer.tiny.passkey import passkey_batch
+from ctxext_trainer.tiny.passkey import passkey_pools, passkey_row
 from ctxext_trainer.tokenizer import ByteTokenizer
 
 #: Passkey samples used to check the bar; their seed differs from every training seed.
@@ -39,8 +39,8 @@ class BaseTrainingConfig:
     """Seed of the weights, the data order and the passkey samples."""
     original_length: int = 128
     """L0: the longest training length and the model's max_position_embeddings."""
-    min_len: int = 80
-    """Shortest training length (a passkey sample needs about 70 bytes)."""
+    min_len: int = 112
+    """Shortest training length (the evaluation's passkey prompt and answer need 104 bytes)."""
     steps: int = 1200
     """Optimizer steps."""
     batch_size: int = 16
@@ -64,6 +64,7 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     tok = ByteTokenizer()
     train_docs, held_docs = split_documents(corpus_documents())
     stream = TokenStream.from_documents(train_docs, tok.encode)
+    pools = passkey_pools(tok, train_docs)
     held = TokenStream.from_documents(held_docs, tok.encode).windows_in_order(cfg.original_length, 64)
     model = new_tiny_model(cfg.seed, original_length=cfg.original_length)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
@@ -80,17 +81,18 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     model.train()
     for step in range(cfg.steps):
         length = rng.randint(cfg.min_len, cfg.original_length)
-        rows = passkey_batch(rng, tok, length=length, count=n_pk)
-        rows += [stream.window(rng, length) for _ in range(cfg.batch_size - n_pk)]
-        ids = torch.tensor(rows, dtype=torch.long)
+        rows = [passkey_row(rng, tok, pools, length=length) for _ in range(n_pk)]
+        rows += [(w, w) for w in (stream.window(rng, length) for _ in range(cfg.batch_size - n_pk))]
+        ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
+        labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = model(input_ids=ids, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        loss_sum += float(loss)
+        loss_sum += float(loss.detach())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             acc = passkey_accuracy(model, length=cfg.original_length, samples=50, seed=CHECK_SEED + step)
             log(f"step {step + 1}/{cfg.steps} loss {loss_sum / cfg.eval_every:.3f} passkey@{cfg.original_length} "

@@ -7,14 +7,12 @@ Shape (measured good for passkey retrieval at 128 tokens on CPU): 4 layers, hidd
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from ctxext_trainer.tiny.passkey import make_passkey_sample
 from ctxext_trainer.tokenizer import ByteTokenizer
 
 TINY_SHAPE: dict[str, Any] = {
@@ -35,30 +33,17 @@ def new_tiny_model(seed: int, **kwargs: Any) -> LlamaForCausalLM:
     return LlamaForCausalLM(tiny_config(**kwargs))
 
 
-@torch.no_grad()
-def greedy_answers(model: LlamaForCausalLM, prompts: list[list[int]], n_tokens: int) -> list[list[int]]:
-    """Greedy continuations of equal-length prompts (no cache: the prompts are short)."""
-    ids = torch.tensor(prompts, dtype=torch.long)
-    for _ in range(n_tokens):
-        logits = model(input_ids=ids).logits[:, -1, :]
-        ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
-    return ids[:, len(prompts[0]):].tolist()
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-@torch.no_grad()
-def passkey_accuracy(model: LlamaForCausalLM, *, length: int, samples: int, seed: int, batch: int = 25) -> float:
-    """Exact-match accuracy of the greedy answer over ``samples`` prompts at evenly spread depths."""
-    tok, rng = ByteTokenizer(), random.Random(seed)
-    was_training = model.training
-    model.eval()
-    correct = 0
-    items = [make_passkey_sample(rng, tok, length=length, depth=i / max(samples - 1, 1)) for i in range(samples)]
-    for start in range(0, samples, batch):
-        chunk = items[start:start + batch]
-        outs = greedy_answers(model, [s.prompt_ids for s in chunk], len(chunk[0].answer_ids))
-        correct += sum(out == s.answer_ids for out, s in zip(outs, chunk, strict=True))
-    model.train(was_training)
-    return correct / samples
+def passkey_accuracy(model: LlamaForCausalLM, *, length: int, samples: int, seed: int) -> float:
+    """Passkey accuracy at ``length`` as the evaluation scores it (``samples`` spread over 5 depths)."""
+    from ctxext_trainer.eval.suite import evaluate_model
+
+    evaluation = evaluate_model(model, ByteTokenizer(), tasks=["passkey"], lengths=[length], depths=DEPTHS,
+                                samples_per_cell=max(1, samples // len(DEPTHS)), seed=seed,
+                                original_length=length, output_dir=None)
+    return float(evaluation["passkeyAccuracy"][str(length)])
 
 
 @torch.no_grad()
