@@ -80,6 +80,19 @@ def timeseries(title: str, description: str, targets: list[dict[str, Any]], unit
                         "tooltip": {"mode": "multi", "sort": "desc"}}}
 
 
+def bargauge(title: str, description: str, expr: str, legend: str, unit: str, *,
+             minmax: tuple[float, float] | None = None) -> dict[str, Any]:
+    defaults: dict[str, Any] = {"unit": unit, "color": {"mode": "continuous-GrYlRd" if unit == "short"
+                                                        else "continuous-RdYlGr"}}
+    if minmax:
+        defaults["min"], defaults["max"] = minmax
+    return {"type": "bargauge", "title": title, "description": description, "datasource": DS,
+            "targets": [target(expr, legend, instant=True)],
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": {"orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True,
+                        "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}}}
+
+
 def dashboard() -> dict[str, Any]:
     lay = Layout()
 
@@ -105,13 +118,23 @@ def dashboard() -> dict[str, Any]:
         "PyTorchJobs created", "PyTorchJobs the operator created (one per stage attempt), per interval.",
         [target("sum(increase(ctxext_pytorchjobs_created_total[$__rate_interval]))", "created")],
         "short", bars=True, min_zero=True), w=6)
-    lay.add(timeseries(
-        "Stage duration", "How long finished stage attempts ran (ctxext_stage_duration_seconds): "
-        "median and p95 over the interval.",
-        [target("histogram_quantile(0.5, sum by (le) (rate(ctxext_stage_duration_seconds_bucket"
-                "[$__rate_interval])))", "p50", ref="A"),
-         target("histogram_quantile(0.95, sum by (le) (rate(ctxext_stage_duration_seconds_bucket"
-                "[$__rate_interval])))", "p95", ref="B")], "s"), w=24, h=6)
+    lay.add({"type": "stat", "title": "Stage duration", "datasource": DS,
+             "description": "Wall time of the stages that succeeded in the selected time range, first attempt "
+                            "start to success (ctxext_stage_duration_seconds): median, p95 and how many.",
+             "targets": [
+                 target("histogram_quantile(0.5, sum by (le) (increase(ctxext_stage_duration_seconds_bucket"
+                        "[$__range])))", "median", ref="A", instant=True),
+                 target("histogram_quantile(0.95, sum by (le) (increase(ctxext_stage_duration_seconds_bucket"
+                        "[$__range])))", "p95", ref="B", instant=True),
+                 target("sum(increase(ctxext_stage_duration_seconds_count[$__range]))", "stages", ref="C",
+                        instant=True)],
+             "fieldConfig": {"defaults": {"unit": "s"},
+                             "overrides": [{"matcher": {"id": "byName", "options": "stages"},
+                                            "properties": [{"id": "unit", "value": "short"},
+                                                           {"id": "decimals", "value": 0}]}]},
+             "options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                         "colorMode": "none", "graphMode": "none", "textMode": "value_and_name"}},
+            w=24, h=4)
 
     # --- Stage timeline --------------------------------------------------------------------------
     lay.row("Stages")
@@ -168,15 +191,17 @@ def dashboard() -> dict[str, Any]:
                         target(f"max by ({BY}) (ctxext_update_to_weight_ratio{{{SEL}}})",
                                "update/weight · {{cej}} · stage {{stage}}", ref="B")], "short", log=True))
     lay.add(timeseries("Learning rate", "Learning rate of the last step (warm-up and schedule).",
-                       [target(f"max by ({BY}) (ctxext_learning_rate{{{SEL}}})")], "short", min_zero=True))
+                       [target(f"max by ({BY}) (ctxext_learning_rate{{{SEL}}})")], "short", min_zero=True),
+            w=16)
 
     # --- Evaluation ------------------------------------------------------------------------------
     lay.row("Evaluation")
     lay.add({"type": "table", "title": "Retrieval accuracy: depth × length", "datasource": DS,
              "description": "Needle / passkey accuracy at each context length (columns) and insertion depth "
-                            "(rows), averaged over the selected jobs, stages and tasks.",
-             "targets": [target(f'avg by (length, depth) (ctxext_eval_accuracy{{{SEL}, task=~"$task"}})',
-                                "", instant=True, fmt="table")],
+                            "(rows), averaged over the selected jobs, stages and tasks (latest in the time range: "
+                            "a stage's evaluation is exported once, at its end).",
+             "targets": [target(f'avg by (length, depth) (last_over_time(ctxext_eval_accuracy{{{SEL}, '
+                                f'task=~"$task"}}[$__range]))', "", instant=True, fmt="table")],
              "transformations": [{"id": "groupingToMatrix",
                                   "options": {"columnField": "length", "rowField": "depth",
                                               "valueField": "Value"}}],
@@ -189,14 +214,16 @@ def dashboard() -> dict[str, Any]:
                                                             "value": {"type": "auto"}},
                                                            {"id": "unit", "value": "short"}]}]},
              "options": {"showHeader": True, "cellHeight": "sm"}}, w=12, h=9)
-    lay.add(timeseries(
-        "Retrieval accuracy by length", "Accuracy at each evaluated context length.",
-        [target(f'avg by ({BY}, length) (ctxext_eval_accuracy{{{SEL}, task=~"$task"}})',
-                "{{cej}} · stage {{stage}} · {{length}} tokens")], "percentunit", min_zero=True), w=12, h=9)
-    lay.add(timeseries(
-        "Evaluation perplexity by length", "Perplexity on held-out text at each context length.",
-        [target(f"max by ({BY}, length) (ctxext_eval_perplexity{{{SEL}}})",
-                "{{cej}} · stage {{stage}} · {{length}} tokens")], "short", log=True), w=24)
+    lay.add(bargauge("Retrieval accuracy by length",
+                     "Accuracy at each evaluated context length, per job and stage (latest in the time range).",
+                     f'avg by ({BY}, length) (last_over_time(ctxext_eval_accuracy{{{SEL}, task=~"$task"}}'
+                     f"[$__range]))", "{{cej}} · stage {{stage}} · {{length}} tokens", "percentunit",
+                     minmax=(0, 1)), w=12, h=9)
+    lay.add(bargauge("Evaluation perplexity by length",
+                     "Perplexity on held-out text at each context length, per job and stage (latest in the "
+                     "time range).",
+                     f"max by ({BY}, length) (last_over_time(ctxext_eval_perplexity{{{SEL}}}[$__range]))",
+                     "{{cej}} · stage {{stage}} · {{length}} tokens", "short"), w=24)
 
     def query_var(name: str, label: str, query: str, **extra: Any) -> dict[str, Any]:
         return {"type": "query", "name": name, "label": label, "datasource": DS,
