@@ -59,7 +59,8 @@ def test_conditions_and_results_drive_the_stages_to_success(cluster, operator):
                                                                 "perplexity": 7.4}}})
     cluster.set_conditions("life-s1-a1", "Created", "Running", "Succeeded")
     wait_for(lambda: cluster.pytorchjobs("life").get("life-s2-a1"), what="stage 2 started", proc=operator)
-    status = cluster.status("life")
+    # The PyTorchJob is created before the status says so: wait for the status too.
+    status = wait_for(lambda: (s := cluster.status("life")).get("stage") == "2/2" and s, what="status 2/2")
     assert status["stages"][0]["phase"] == "Succeeded" and status["stages"][0]["result"]["finalLoss"] == 2.0
     assert status["progress"]["step"] == 7  # the trainer's fields are never overwritten
     stage2 = cluster.pytorchjob("life-s2-a1")
@@ -88,9 +89,8 @@ def test_failure_retries_with_lower_lr_then_fails_with_the_reason(cluster, opera
     cluster.set_conditions("flaky-s1-a1", "Created", "Running", "Failed", message="trainer exited 1")
     retry = wait_for(lambda: cluster.pytorchjobs("flaky").get("flaky-s1-a2"), what="attempt 2", proc=operator)
     assert retry["metadata"]["annotations"]["ctxext.dev/learning-rate"] == "5e-05"
-    degraded = cluster.condition("flaky", "Degraded")
-    assert degraded["status"] == "True"
-    assert cluster.status("flaky")["stages"][0]["attempts"] == 2
+    wait_for(lambda: cluster.status("flaky")["stages"][0]["attempts"] == 2, what="attempt 2 in status")
+    assert cluster.condition("flaky", "Degraded")["status"] == "True"
     cluster.set_conditions("flaky-s1-a2", "Created", "Running", "Failed", message="pod OOMKilled")
     wait_for(lambda: cluster.status("flaky").get("phase") == "Failed", what="Failed", proc=operator)
     failed = cluster.condition("flaky", "Failed")

@@ -112,6 +112,7 @@ def test_failure_retries_with_backoff_lower_lr_then_fails_with_reason():
     w.now += timedelta(seconds=2)
     d = w.step()
     assert [(c.attempt, c.learning_rate) for c in d.creates] == [(2, 5e-05)]
+    assert w.cond("Degraded")["status"] == "True"  # stays degraded while the retry runs
     w.finish("t-s1-a2", "Failed", {**FAULT, "reasonCode": "Error", "reason": "OOM"})
     w.step()
     assert w.status["stages"][0]["nextAttemptTime"] == "2026-01-01T12:03:01Z"  # 60·2^(3−2)

@@ -75,6 +75,8 @@ class StagePass:
         self._phase(s, "Running")
         s["message"] = f"stage {self._label(s)} attempt {attempt} started (PyTorchJob {name})"
         self._event("Normal", "StageStarted", s["message"])
+        if attempt > 1 and self.degraded is None:
+            self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
 
     def _fail(self, s: dict[str, Any], reason: str, message: str) -> str:
         self._phase(s, "Failed")
