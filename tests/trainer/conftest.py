@@ -91,13 +91,14 @@ def trainer_env(**extra: str) -> dict[str, str]:
 
 def run_trainer(config: dict[str, Any], *, nproc: int = 1, env: dict[str, str] | None = None,
                 timeout: float = 300, wait: bool = True) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
-    """Run ``python -m ctxext_trainer`` (through torchrun when nproc > 1) on a config written next to it."""
+    """Run ``python -m ctxext_trainer`` on a config written next to it; with nproc > 1 through
+    ``python -m ctxext_trainer.launch`` (torchrun that keeps the trainer's exit code)."""
     path = Path(config["outputDir"]).parent / f"{Path(config['outputDir']).name}-config.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config))
     cmd = [sys.executable, "-m", "ctxext_trainer", "--stage-config", str(path)]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
+        cmd = [sys.executable, "-m", "ctxext_trainer.launch", f"--nproc-per-node={nproc}",
                f"--master-port={free_port()}", "-m", "ctxext_trainer", "--stage-config", str(path)]
     full_env = env or trainer_env()
     if not wait:

@@ -17,7 +17,13 @@ from deepspeed.utils import safe_get_full_grad
 
 from ctxext.stage_config import StageConfig
 from ctxext_trainer.data.batches import Layout
-from ctxext_trainer.distributed import all_reduce_sum, close_distributed, init_distributed, sequence_parallel_group, setup_sequence_parallel
+from ctxext_trainer.distributed import (
+    all_reduce_sum,
+    close_distributed,
+    init_distributed,
+    sequence_parallel_group,
+    setup_sequence_parallel,
+)
 from ctxext_trainer.engine import build_engine, deepspeed_config
 from ctxext_trainer.grad_stats import engine_named_params, gradient_stats
 from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
@@ -67,7 +73,8 @@ def main(model_dir: str, out_dir: str, stages: list[int]) -> None:
                 g = safe_get_full_grad(p)
                 grads[name.removeprefix("lm.")] = g.detach().clone().reshape(p.ds_shape if zero == 3 else p.shape)
             if topo.is_rank0:
-                torch.save({"grads": grads, "grad_norm": stats.grad_norm, "loss": float(total_loss)}, Path(out_dir) / f"grads-z{zero}.pt")
+                record = {"grads": grads, "grad_norm": stats.grad_norm, "loss": float(total_loss)}
+                torch.save(record, Path(out_dir) / f"grads-z{zero}.pt")
             engine.step()
             engine.destroy()
             del engine, module, loaded

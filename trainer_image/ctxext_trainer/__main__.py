@@ -13,7 +13,6 @@ import sys
 
 from ctxext.errors import SpecError
 from ctxext.stage_config import ENV_VAR, load_stage_config, read_stage_config
-
 from ctxext_trainer import exit_codes
 
 

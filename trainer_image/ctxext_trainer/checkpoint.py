@@ -87,13 +87,16 @@ def step_dirs(root: Path) -> list[tuple[int, Path]]:
     return sorted(found, reverse=True)
 
 
-def latest_valid_checkpoint(root: Path) -> tuple[int, Path] | None:
-    """The newest intact checkpoint, skipping (and logging) damaged ones."""
+def latest_valid_checkpoint(root: Path, warnings: list[str] | None = None) -> tuple[int, Path] | None:
+    """The newest intact checkpoint, skipping (and logging, and appending to ``warnings``) damaged ones."""
     for step, path in step_dirs(root):
         problem = verify_checkpoint(path)
         if problem is None:
             return step, path
-        log.warning("checkpoint %s is unusable (%s); trying an older one", path, problem)
+        message = f"checkpoint {path.name} is unusable ({problem}); trying an older one"
+        log.warning("%s (%s)", message, path)
+        if warnings is not None:
+            warnings.append(message)
     return None
 
 
@@ -134,9 +137,14 @@ def save_checkpoint(engine: Any, root: Path, step: int, trainer_state: dict[str,
     return final
 
 
-def load_latest_checkpoint(engine: Any, root: Path) -> tuple[int, dict[str, Any]] | None:
-    """Load the newest intact checkpoint into ``engine``: (step, trainer state), or None to start fresh."""
-    found = latest_valid_checkpoint(root) if not torch_dist.is_initialized() or torch_dist.get_rank() == 0 else None
+def load_latest_checkpoint(engine: Any, root: Path,
+                           warnings: list[str] | None = None) -> tuple[int, dict[str, Any]] | None:
+    """Load the newest intact checkpoint into ``engine``: (step, trainer state), or None to start fresh.
+
+    Damaged checkpoints that were skipped are described in ``warnings`` (on rank 0, which reports them).
+    """
+    found = latest_valid_checkpoint(root, warnings) \
+        if not torch_dist.is_initialized() or torch_dist.get_rank() == 0 else None
     choice = _broadcast(None if found is None else found[0])
     if choice is None:
         return None

@@ -59,7 +59,7 @@ def _skip_shm_comm_op() -> None:
     import deepspeed.ops
 
     if os.environ.get("CTXEXT_DS_SHM_COMM") != "1" and "__compatible_ops__" not in vars(deepspeed.ops):
-        deepspeed.ops.__compatible_ops__ = {}  # type: ignore[attr-defined]
+        deepspeed.ops.__compatible_ops__ = {}
 
 
 def init_distributed(device: str, sp_size: int) -> Topology:

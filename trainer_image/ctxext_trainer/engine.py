@@ -11,8 +11,9 @@ import math
 from typing import Any
 
 import torch
-from ctxext.stage_config import StageConfig
 from torch.optim.lr_scheduler import LambdaLR
+
+from ctxext.stage_config import StageConfig
 
 GRADIENT_CLIPPING = 1.0
 

@@ -1,6 +1,8 @@
 """Process exit codes of the trainer, as the operator (and Kubeflow's ExitCode restart policy) reads them.
 
-Kubeflow treats 1–127 as permanent failures and 128–255 as retryable ones.
+Kubeflow treats 1–127 as permanent failures and 128–255 as retryable ones. Plain torchrun exits 1
+when any worker fails; start the workers with ``python -m ctxext_trainer.launch`` (torchrun's
+options) so the pod exits with these codes.
 
 ====  =====================================================================================
 0     stage finished (result.json status Succeeded)

@@ -13,7 +13,10 @@ flat window does not turn every wiggle into a spike.
 
 A stopped stage exits with :data:`ctxext_trainer.exit_codes.GUARD_STOP` and writes result.json with
 status Failed and the reason; the operator decides about a retry (``onNonFiniteGradients``).
-``CTXEXT_INJECT_NAN_AT_STEP=N`` turns step N's loss into NaN (fault injection for tests).
+Fault injection for tests: ``CTXEXT_INJECT_NAN_AT_STEP=N`` turns step N's loss into NaN;
+``CTXEXT_INJECT_LOSS_SPIKE_AT_STEPS=N,M`` multiplies the loss of steps N and M by
+:data:`SPIKE_FACTOR`. Either may end in ``@A`` to fire on attempt A only (``3@1``: step 3 of the
+first attempt; the retry runs clean), see :func:`injected_steps`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ WINDOW = 20
 MIN_HISTORY = 5
 STD_FLOOR = 0.01
 INJECT_NAN_ENV = "CTXEXT_INJECT_NAN_AT_STEP"
+INJECT_SPIKE_ENV = "CTXEXT_INJECT_LOSS_SPIKE_AT_STEPS"
+SPIKE_FACTOR = 100.0
 
 
 @dataclass(frozen=True)
@@ -38,9 +43,23 @@ class StopReason:
     message: str
 
 
-def inject_nan_at_step() -> int | None:
-    value = os.environ.get(INJECT_NAN_ENV)
-    return int(value) if value else None
+def injected_steps(env: str, attempt: int) -> frozenset[int]:
+    """Steps at which the fault named by environment variable ``env`` fires on this attempt.
+
+    >>> os.environ["X_TEST_INJECT"] = "3,5@1"
+    >>> sorted(injected_steps("X_TEST_INJECT", 1)), sorted(injected_steps("X_TEST_INJECT", 2))
+    ([3, 5], [])
+    >>> os.environ["X_TEST_INJECT"] = "4"
+    >>> sorted(injected_steps("X_TEST_INJECT", 2))
+    [4]
+    """
+    value = os.environ.get(env, "").strip()
+    if not value:
+        return frozenset()
+    steps, _, only = value.partition("@")
+    if only and int(only) != attempt:
+        return frozenset()
+    return frozenset(int(s) for s in steps.split(",") if s.strip())
 
 
 class HealthGuard:

@@ -36,10 +36,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from ctxext.memory import LOSS_CHUNK_TOKENS
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ctxext.memory import LOSS_CHUNK_TOKENS
 from ctxext_trainer.distributed import all_reduce_sum
 
 IGNORE_INDEX = -100

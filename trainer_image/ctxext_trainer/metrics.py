@@ -20,8 +20,9 @@ import sys
 from typing import Any
 
 import torch
-from ctxext.stage_config import StageConfig
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from ctxext.stage_config import StageConfig
 
 log = logging.getLogger(__name__)
 LABELS = ("cej", "cej_namespace", "stage", "rank")

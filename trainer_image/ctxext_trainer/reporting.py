@@ -106,4 +106,11 @@ class StatusReporter:
                                           now=dt.datetime.now(dt.UTC)))
 
     def result(self, result: dict[str, Any]) -> bool:
-        return self.enabled and self._patch(result_patch(self.config.job_name, result))
+        """Replace ``status.results[<jobName>]``. A merge patch alone would keep keys of an earlier
+        result of the same attempt (a preempted run's ``reasonCode: Preempted`` after the resumed run
+        succeeded), so the old entry is removed first; the operator reads results only after the
+        PyTorchJob finished, which is after this returns."""
+        if not self.enabled:
+            return False
+        self._patch({"status": {"results": {self.config.job_name: None}}})
+        return self._patch(result_patch(self.config.job_name, result))

@@ -19,6 +19,7 @@ import math
 from typing import Any
 
 import torch
+
 from ctxext.theta import rope_parameters
 
 

@@ -15,7 +15,6 @@ from typing import Any
 
 from ctxext.results import Health, StageResult, write_result
 from ctxext.stage_config import StageConfig
-
 from ctxext_trainer import exit_codes
 from ctxext_trainer.checkpoint import load_latest_checkpoint
 from ctxext_trainer.data.corpus import build_stage_data
@@ -61,7 +60,8 @@ def _evaluate(lm: Any, tokenizer: Any, config: StageConfig, topo: Topology) -> d
 
 
 def _result(config: StageConfig, state: LoopState, guard: HealthGuard, *, status: str, reason: str | None,
-            code: str | None, model_path: Path | None, evaluation: dict[str, Any], wall: float) -> StageResult:
+            code: str | None, model_path: Path | None, evaluation: dict[str, Any], wall: float,
+            warnings: list[str]) -> StageResult:
     loss = state.last_loss
     return StageResult(
         status=status, reason=reason, reason_code=code, job_name=config.job_name, stage=config.stage,
@@ -72,7 +72,7 @@ def _result(config: StageConfig, state: LoopState, guard: HealthGuard, *, status
         tokens_per_second=state.tokens / state.train_seconds if state.train_seconds else None, wall_seconds=wall,
         health=Health.model_validate(guard.health()),
         checkpoint=str(state.checkpoint) if state.checkpoint else None,
-        model_path=str(model_path) if model_path else None, evaluation=evaluation)
+        model_path=str(model_path) if model_path else None, evaluation=evaluation, warnings=warnings)
 
 
 def train_stage(config: StageConfig, topo: Topology) -> int:
@@ -96,7 +96,8 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
     guard = HealthGuard(sigma=config.failure_policy.loss_spike_sigma,
                         max_spikes=config.failure_policy.max_loss_spikes, clip=GRADIENT_CLIPPING)
     state = LoopState()
-    resumed = load_latest_checkpoint(engine, checkpoint_root(config))
+    warnings: list[str] = []
+    resumed = load_latest_checkpoint(engine, checkpoint_root(config), warnings)
     if resumed is not None:
         state.step = state.resumed_from = state.checkpoint_step = resumed[0]
         state.checkpoint = checkpoint_root(config) / f"step-{resumed[0]}"
@@ -131,7 +132,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         else:
             status, reason, code, rc = "Succeeded", None, None, exit_codes.OK
         result = _result(config, state, guard, status=status, reason=reason, code=code, model_path=model_path,
-                         evaluation=evaluation, wall=time.time() - started)
+                         evaluation=evaluation, wall=time.time() - started, warnings=warnings)
         if topo.is_rank0:
             write_result(out, result)
             reporter.progress(step=state.step, loss=state.last_loss, tokens_per_second=None, force=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ctxext.stage_config import StageConfig
 
+from ctxext.stage_config import StageConfig
 from ctxext_trainer.checkpoint import save_checkpoint
 from ctxext_trainer.data.batches import Layout, StageData
 from ctxext_trainer.distributed import Topology, all_reduce_sum
@@ -29,7 +29,7 @@ from ctxext_trainer.grad_stats import (
     snapshot_owned_weights,
     update_to_weight_ratio,
 )
-from ctxext_trainer.guard import HealthGuard, StopReason, inject_nan_at_step
+from ctxext_trainer.guard import INJECT_NAN_ENV, INJECT_SPIKE_ENV, SPIKE_FACTOR, HealthGuard, StopReason, injected_steps
 from ctxext_trainer.metrics import TrainerMetrics
 from ctxext_trainer.reporting import StatusReporter
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 UPDATE_RATIO_INTERVAL = int(os.environ.get("CTXEXT_UPDATE_RATIO_INTERVAL", "10"))
 STOP_AFTER_ENV = "CTXEXT_STOP_AFTER_STEP"
 """Test hook: behave as if preempted right after this step (checkpoint, exit as preempted)."""
+HOLD_FILE_ENV = "CTXEXT_HOLD_FILE"
+"""Test hook: after each step, wait while this file exists (lets a test scrape a live run)."""
 
 
 @dataclass
@@ -77,6 +79,9 @@ def checkpoint_root(config: StageConfig) -> Path:
 
 
 def _preempted(parts: LoopParts, step_no: int) -> bool:
+    hold = os.environ.get(HOLD_FILE_ENV)
+    while hold and os.path.exists(hold) and not parts.preempt_flag[0]:
+        time.sleep(0.05)
     stop_after = os.environ.get(STOP_AFTER_ENV)
     local = parts.preempt_flag[0] or (stop_after is not None and step_no >= int(stop_after))
     flag = all_reduce_sum(torch.tensor([1.0 if local else 0.0]))
@@ -95,7 +100,9 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     layout = Layout(dp_rank=topo.dp_rank, dp_size=topo.dp_size, sp_rank=topo.sp_rank, sp_size=topo.sp_size,
                     batch_size=config.batch_size, accumulation=config.gradient_accumulation)
     named = engine_named_params(engine)
-    zero, nan_step = config.zero_stage, inject_nan_at_step()
+    zero = config.zero_stage
+    nan_steps, spike_steps = (injected_steps(INJECT_NAN_ENV, config.attempt),
+                              injected_steps(INJECT_SPIKE_ENV, config.attempt))
     engine.train()
     while state.step < config.steps:
         step_no = state.step + 1
@@ -104,8 +111,10 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
         sums = torch.zeros(2, dtype=torch.float64)
         for i, batch in enumerate(batches):
             loss, ce_sum, count = engine(**{k: v.to(engine.device) for k, v in batch.items()})
-            if nan_step == step_no:
+            if step_no in nan_steps:
                 loss = loss * math.nan
+            if step_no in spike_steps:
+                loss, ce_sum = loss * SPIKE_FACTOR, ce_sum * SPIKE_FACTOR
             engine.backward(loss)
             sums += torch.stack([ce_sum.double().cpu(), count.double().cpu()])
             if i < len(batches) - 1:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from ctxext.stage_config import StageConfig
-
 from ctxext_trainer.data.augment import split_documents
 from ctxext_trainer.data.batches import StageData
 from ctxext_trainer.data.sources import load_documents

@@ -1,0 +1,140 @@
+"""Health guard decisions, checkpoint manifests (corruption detection), metrics names, status patches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import urllib.request
+from pathlib import Path
+
+from ctxext.stage_config import StageConfig
+from ctxext_trainer.checkpoint import latest_valid_checkpoint, prune, verify_checkpoint, write_manifest
+from ctxext_trainer.grad_stats import layer_name
+from ctxext_trainer.guard import HealthGuard
+from ctxext_trainer.metrics import TrainerMetrics
+from ctxext_trainer.reporting import StatusReporter, progress_patch, result_patch
+
+CONFIG = StageConfig(job="tiny", namespace="team-a", job_name="tiny-s2-a1", stage=2, total_stages=3, model_path="/m",
+                     output_dir="/o", seq_len=512, rope_theta=691374.2, original_context_length=128, steps=40,
+                     learning_rate=1e-3, device="cpu")
+
+
+def test_nonfinite_gradients_stop_with_the_step_in_the_reason() -> None:
+    guard = HealthGuard(sigma=6, max_spikes=3, clip=1.0)
+    assert guard.check_gradients(1, 0.5, 0) is None
+    assert guard.check_gradients(2, 3.0, 0) is None
+    stop = guard.check_gradients(113, math.nan, 17)
+    assert stop is not None and stop.code == "NonFiniteGradients"
+    assert stop.message.startswith("non-finite gradients at step 113")
+    assert guard.health() == {"nonFiniteSteps": 1, "lossSpikes": 0, "maxGradNorm": 3.0, "clippedSteps": 1}
+    assert guard.clip_ratio(4.0) == 0.25 and guard.clip_ratio(0.5) == 1.0
+
+
+def test_loss_spikes_beyond_the_limit_stop_the_stage() -> None:
+    guard = HealthGuard(sigma=6, max_spikes=2, clip=1.0)
+    for step, loss in enumerate([2.0, 2.1, 1.9, 2.0, 2.0, 1.95], 1):
+        assert guard.observe_loss(step, loss) is None
+    assert guard.observe_loss(7, 2.5) is None and guard.spikes == 1  # 7.9σ above the window
+    assert guard.observe_loss(8, 2.02) is None and guard.spikes == 1
+    assert guard.observe_loss(9, 9.0) is None and guard.spikes == 2
+    stop = guard.observe_loss(10, 9.0)
+    assert stop is not None and stop.code == "LossSpikes" and "3 loss spikes by step 10" in stop.message
+    restored = HealthGuard(sigma=6, max_spikes=2, clip=1.0)
+    restored.load_state_dict(guard.state_dict())
+    assert restored.state_dict() == guard.state_dict()
+
+
+def _fake_checkpoint(root: Path, step: int) -> Path:
+    d = root / f"step-{step}"
+    (d / "global_step").mkdir(parents=True)
+    (d / "global_step" / "model_states.pt").write_bytes(bytes(range(256)) * (step + 1))
+    (d / "trainer_state.json").write_text(f'{{"step": {step}}}')
+    write_manifest(d, step)
+    return d
+
+
+def test_truncated_latest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path) -> None:
+    for step in (2, 4, 6):
+        _fake_checkpoint(tmp_path, step)
+    assert latest_valid_checkpoint(tmp_path) == (6, tmp_path / "step-6")
+    shard = tmp_path / "step-6" / "global_step" / "model_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert "has 100 bytes" in (verify_checkpoint(tmp_path / "step-6") or "")
+    assert latest_valid_checkpoint(tmp_path) == (4, tmp_path / "step-4")
+    (tmp_path / "step-4" / "MANIFEST.json").unlink()  # crashed before the manifest was written
+    assert latest_valid_checkpoint(tmp_path) == (2, tmp_path / "step-2")
+    (tmp_path / "step-2" / "trainer_state.json").write_text('{"step": 9}')  # same size, other bytes
+    assert verify_checkpoint(tmp_path / "step-2") == "trainer_state.json does not match its SHA-256"
+    assert latest_valid_checkpoint(tmp_path) is None
+
+
+def test_prune_keeps_the_newest(tmp_path: Path) -> None:
+    for step in (1, 2, 3):
+        _fake_checkpoint(tmp_path, step)
+    (tmp_path / ".tmp-step-4").mkdir()
+    prune(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-2", "step-3"]
+
+
+def test_layer_names() -> None:
+    assert layer_name("lm.model.layers.3.mlp.up_proj.weight") == "layers.3"
+    assert layer_name("lm.model.norm.weight") == "norm"
+
+
+def test_metrics_endpoint_names_and_labels() -> None:
+    metrics = TrainerMetrics(CONFIG, rank=1)
+    assert metrics.serve(0) is None  # 0 disables
+    port = metrics.serve(_free_port())
+    assert port
+    try:
+        metrics.record_step(step=3, loss=2.0, grad_norm=1.5, layer_max=1.0, layer_min=0.1, clip_ratio=1.0,
+                            tokens_per_second=100.0, step_seconds=0.5, learning_rate=1e-3, update_ratio=1e-3)
+        metrics.record_nonfinite(2)
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    finally:
+        metrics.close()
+    labels = 'cej="tiny",cej_namespace="team-a",rank="1",stage="2"'
+    assert f"ctxext_train_loss{{{labels}}} 2.0" in body
+    assert f"ctxext_train_perplexity{{{labels}}} {math.exp(2.0)}" in body
+    assert f"ctxext_grad_nonfinite_total{{{labels}}} 2.0" in body
+    assert 'rope_theta="691374.2",seq_len="512"' in body
+    for name in ("ctxext_grad_norm", "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_step",
+                 "ctxext_step_seconds", "ctxext_memory_bytes", "ctxext_stage_info"):
+        assert f"\n{name}{{" in body
+    assert 'job="' not in body and 'namespace="' not in body.replace('cej_namespace="', "")
+
+
+def test_status_patches() -> None:
+    patch = progress_patch(CONFIG, step=5, loss=math.nan, tokens_per_second=10.0,
+                           now=dt.datetime(2026, 5, 1, 12, 0, tzinfo=dt.UTC))
+    assert patch["status"]["progress"] == {"jobName": "tiny-s2-a1", "stage": 2, "step": 5, "totalSteps": 40,
+                                           "loss": None, "perplexity": None, "tokensPerSecond": 10.0,
+                                           "updated": "2026-05-01T12:00:00Z"}
+    assert result_patch("tiny-s2-a1", {"status": "Succeeded"}) == {
+        "status": {"results": {"tiny-s2-a1": {"status": "Succeeded"}}}}
+    assert not StatusReporter(CONFIG, is_rank0=True).progress(step=1, loss=1.0, tokens_per_second=1.0)
+
+
+def test_unreachable_api_server_is_logged_not_raised(monkeypatch, tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("""apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:9"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+""")
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    config = CONFIG.model_copy(update={"report": CONFIG.report.model_copy(update={"kind": "kubernetes"})})
+    reporter = StatusReporter(config, is_rank0=True, min_interval=0)
+    assert reporter.progress(step=1, loss=1.0, tokens_per_second=1.0) is False
+    assert reporter.result({"status": "Succeeded"}) is False
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
