@@ -32,9 +32,11 @@ class OperatorConfig(BaseModel):
     trainer_service_account: str | None = None
     """serviceAccountName of the trainer pods (needs get/patch on contextextensionjobs/status to report
     progress and results); unset uses the namespace's default service account."""
-    trainer_command: list[str] = Field(default_factory=lambda: ["torchrun", "--module", "ctxext_trainer"])
-    """Container command of the trainer. torchrun reads the PET_* variables Kubeflow injects and
-    starts nprocPerNode processes, each running ``python -m ctxext_trainer``."""
+    trainer_command: list[str] = Field(
+        default_factory=lambda: ["python", "-m", "ctxext_trainer.launch", "--module", "ctxext_trainer"])
+    """Container command of the trainer: torchrun (``ctxext_trainer.launch`` is torchrun that exits
+    with the trainer's own exit code) reads the PET_* variables Kubeflow injects and starts
+    nprocPerNode processes, each running ``python -m ctxext_trainer``."""
     image_pull_policy: str = "IfNotPresent"
     """imagePullPolicy of the trainer container."""
     hf_cache_claim: str | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -71,7 +70,7 @@ def test_local_launch_maps_volumes_and_sets_kubeflow_env(tmp_path):
     body = build_pytorchjob(job, plan_curriculum(job.spec), 1)
     procs = replica_processes(body, tmp_path, 29500)
     assert [p.replica for p in procs] == ["Master", "Worker-0"]
-    assert Path(procs[0].argv[0]).name == "torchrun" or procs[0].argv[0].endswith("torchrun")
+    assert procs[0].argv == [sys.executable, "-m", "ctxext_trainer.launch", "--module", "ctxext_trainer"]
     env = procs[1].env
     assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_NPROC_PER_NODE"], env["RANK"]) == ("2", "1", "2", "1")
     assert env["MASTER_ADDR"] == "127.0.0.1" and env["PET_MASTER_PORT"] == "29500"

@@ -211,3 +211,16 @@ def test_failed_gate_with_retry_policy_starts_another_attempt_and_passing_gates_
     w.finish("t-s1-a2", "Succeeded", {"status": "Succeeded", "evaluation": {"passkeyAccuracy": {"16384": 0.95}}})
     assert [(c.stage, c.attempt) for c in w.step().creates] == [(2, 1)]
     assert w.status["stages"][0]["phase"] == "Succeeded"
+
+
+def test_a_succeeded_pytorchjob_whose_result_failed_is_a_failed_attempt():
+    w = World(manifest(failurePolicy={"backoffSeconds": 10}))
+    w.step()
+    w.finish("t-s1-a1", "Succeeded", FAULT)
+    w.step()
+    assert w.status["stages"][0]["nextAttemptTime"] == "2026-01-01T12:00:10Z"
+    w.job.spec.suspend = True  # suspended during the backoff: still degraded, nothing starts
+    w.now += timedelta(seconds=11)
+    assert w.step().creates == [] and w.cond("Degraded")["status"] == "True"
+    w.job.spec.suspend = False
+    assert [(c.attempt, c.learning_rate) for c in w.step().creates] == [(2, 5e-05)]

@@ -56,7 +56,7 @@ def test_single_node_stage_has_only_a_master_and_string_nproc():
     assert body["spec"]["nprocPerNode"] == "4"
     c = container(body)
     assert c["name"] == "pytorch" and c["image"] == "reg/trainer:1"
-    assert c["command"] == ["torchrun", "--module", "ctxext_trainer"]
+    assert c["command"] == ["python", "-m", "ctxext_trainer.launch", "--module", "ctxext_trainer"]
     assert c["resources"]["limits"] == {"cpu": "32", "memory": "200Gi", "nvidia.com/gpu": "4"}
     pod = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
     assert pod["serviceAccountName"] == "ctxext-trainer" and pod["securityContext"]["runAsNonRoot"] is True

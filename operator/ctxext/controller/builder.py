@@ -12,7 +12,9 @@ Shape (``ctxext render examples/tiny-cpu.yaml`` prints a complete one)::
         Master: {replicas: 1, restartPolicy: Never, template: <pod>}
         Worker: {replicas: nodes - 1, ...}   # only for multi-node stages
 
-The pod runs ``torchrun --module ctxext_trainer`` (the operator's ``CTXEXT_TRAINER_COMMAND``) with the
+The pod runs ``python -m ctxext_trainer.launch --module ctxext_trainer`` (torchrun that exits with the
+trainer's exit code; the operator's ``CTXEXT_TRAINER_COMMAND``), which starts ``nprocPerNode`` processes
+of ``python -m ctxext_trainer``, with the
 stage config as JSON in ``CTXEXT_STAGE_CONFIG`` — no ConfigMap. Volumes follow
 :mod:`ctxext.controller.paths`. Secret values never appear here: credentials come in through
 ``envFrom.secretRef``.

@@ -98,9 +98,10 @@ class StagePass:
             self._phase(s, "Running")
         attempt = int(s.get("attempts") or 0)
         if attempt == 0 or s.get("nextAttemptTime"):
+            if attempt:  # a retry is pending (its backoff, or a suspension, may still hold it)
+                self.degraded = s.get("message")
             due = parse_time(s.get("nextAttemptTime"))
             if attempt and due and due > self.inp.now:
-                self.degraded = s.get("message")
                 return WAIT
             if self.spec.suspend or plan is None:
                 return WAIT
@@ -114,6 +115,8 @@ class StagePass:
             if plan is not None:
                 self.d.creates.append(CreateJob(index, attempt, s.get("learningRate")))
             return WAIT
+        if state == "Succeeded" and isinstance(result, dict) and result.get("status") == "Failed":
+            state = "Failed"  # the pod exited 0 but the trainer says the stage failed: believe the trainer
         if state == "Succeeded":
             return self._succeeded(s, result, job.finished_at if job else None)
         if state == "Failed":
