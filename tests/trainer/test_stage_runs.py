@@ -51,7 +51,9 @@ def test_zero3_sequence_parallel_stage_trains_exports_and_serves_metrics(tiny_mo
     config = stage_config(tiny_model, corpus, out, zero_stage=3, sequence_parallel=2, activation_checkpointing=True,
                           steps=8, seq_len=128, rope_theta=81920.5, metrics_port=port, checkpoint_interval=4,
                           data={"source": f"file://{corpus}", "seed": 3, "validationFraction": 0.0,
-                                "syntheticRetrievalRatio": 0.25})
+                                "syntheticRetrievalRatio": 0.25},
+                          evaluation={"enabled": True, "tasks": ["passkey", "perplexity"], "depths": [0.5],
+                                      "samplesPerCell": 2}, eval_lengths=[64, 128])
     proc = run_trainer(config, nproc=2, env=trainer_env(CTXEXT_HOLD_FILE=str(hold)), wait=False)
     assert isinstance(proc, subprocess.Popen)
     try:
@@ -74,6 +76,7 @@ def test_zero3_sequence_parallel_stage_trains_exports_and_serves_metrics(tiny_mo
     assert result is not None and result.status == "Succeeded" and result.steps_done == 8
     assert result.model_path == str(out / "model") and result.checkpoint == str(out / "checkpoints" / "step-8")
     assert result.final_loss == pytest.approx(losses[-1])
+    assert "128" in result.evaluation["passkeyAccuracy"] and "128" in result.evaluation["perplexity"]
     assert _step_dirs(out) == ["step-4", "step-8"]
 
     config_json = json.loads((out / "model" / "config.json").read_text())

@@ -67,3 +67,21 @@ def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device:
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return LoadedModel(model=model, attn_implementation=attn, dtype=dtype, hf_ds_config=hf_ds_config)
+
+
+def load_for_evaluation(model_dir: str | Path, *, device: str) -> Any:
+    """The exported stage model, whole on this rank, in eval mode (after the engine is released).
+
+    Evaluation runs on the saved model — exactly what the next stage starts from — so it needs no
+    ZeRO-3 gathering in lock-step and no sequence parallelism (Ulysses passes through in eval mode).
+    """
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()  # else from_pretrained would partition the model again
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=training_dtype(device),
+                                                      attn_implementation=attention_implementation(device),
+                                                      local_files_only=True)
+    if device == "cuda":
+        model = model.to(torch.device("cuda", torch.cuda.current_device()))
+    return model.eval()

@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ctxext.results import Health, StageResult, write_result
 from ctxext.stage_config import StageConfig
@@ -31,7 +34,7 @@ from ctxext_trainer.export import export_model
 from ctxext_trainer.guard import HealthGuard
 from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
 from ctxext_trainer.metrics import TrainerMetrics
-from ctxext_trainer.model_loading import load_causal_lm
+from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation
 from ctxext_trainer.reporting import StatusReporter
 from ctxext_trainer.rope import keep_rope_fp32
 from ctxext_trainer.tokenizer import load_tokenizer
@@ -50,13 +53,25 @@ def _set_lr_after_resume(engine: Any, config: StageConfig, step: int) -> None:
         group["lr"] = config.learning_rate * factor
 
 
-def _evaluate(lm: Any, tokenizer: Any, config: StageConfig, topo: Topology) -> dict[str, Any]:
+def _evaluate(model_path: Path, tokenizer: Any, config: StageConfig, topo: Topology, registry: Any) -> dict[str, Any]:
+    """Evaluate the exported model on every rank (the evaluation splits the samples across ranks)."""
     if not config.evaluation.enabled:
         return {}
     from ctxext_trainer.eval.stage import evaluate_stage  # owned by the evaluation package; lazy on purpose
 
-    lm.eval()
-    return dict(evaluate_stage(lm, tokenizer, config, output_dir=Path(config.output_dir), is_rank0=topo.is_rank0))
+    model = load_for_evaluation(model_path, device=config.device)
+    with torch.no_grad():
+        return dict(evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir),
+                                   is_rank0=topo.is_rank0, registry=registry))
+
+
+def _release(engine: Any, loaded: LoadedModel) -> None:
+    """Free the training engine (and transformers' ZeRO-3 hook) before evaluation loads the model."""
+    engine.destroy()
+    loaded.hf_ds_config = None
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _result(config: StageConfig, state: LoopState, guard: HealthGuard, *, status: str, reason: str | None,
@@ -123,7 +138,8 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
                                                    is_rank0=topo.is_rank0)
             model_path = export_model(engine, loaded.model, tokenizer, out, zero_stage=config.zero_stage,
                                       is_rank0=topo.is_rank0)
-            evaluation = _evaluate(loaded.model, tokenizer, config, topo)
+            _release(engine, loaded)
+            evaluation = _evaluate(model_path, tokenizer, config, topo, metrics.registry)
         if state.stop is not None:
             status, reason, code, rc = "Failed", state.stop.message, state.stop.code, exit_codes.GUARD_STOP
         elif state.preempted:
