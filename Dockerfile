@@ -2,8 +2,8 @@
 #
 #   docker build -t ghcr.io/ctxext/operator:0.1.0 .
 #
-# The base image is pinned by digest (python:3.11.10-slim-bookworm, linux/amd64 + arm64 index); bump the tag
-# and the digest together: docker buildx imagetools inspect python:<tag> --format '{{json .Manifest.Digest}}'.
+# The base image is pinned by digest (python:3.11.10-slim-bookworm); bump the tag and the digest together:
+# docker buildx imagetools inspect python:<tag> --format '{{json .Manifest.Digest}}'.
 # tests/chart/test_images.py checks that every FROM carries a digest.
 ARG PYTHON_IMAGE=python:3.11.10-slim-bookworm@sha256:840e180ebcc6e5c8efab209c43f5e40fd2af98cb49db5c7103c90539c56bb30e
 
