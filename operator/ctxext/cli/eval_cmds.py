@@ -76,13 +76,13 @@ def parse_tasks(text: str) -> list[str]:
     return tasks
 
 
-def _tables(evaluation: dict[str, Any], title: str) -> list[Table]:
+def _tables(evaluation: dict[str, Any]) -> list[tuple[str, Table]]:
+    """(heading, table) pairs: retrieval accuracy grid, perplexity by length, loss by position."""
     tables = []
     grids: dict[str, dict[str, dict[str, float]]] = evaluation.get("grids", {})
     depths = sorted({d for g in grids.values() for row in g.values() for d in row}, key=float)
     if grids:
-        t = Table(title=f"{title}: retrieval accuracy (samples per cell: {evaluation.get('samplesPerCell')})",
-                  title_justify="left")
+        t = Table()
         for col in ("task", "length", "mean", *(f"depth {float(d):.0%}" for d in depths)):
             t.add_column(col, justify="left" if col == "task" else "right")
         for task, grid in grids.items():
@@ -90,21 +90,21 @@ def _tables(evaluation: dict[str, Any], title: str) -> list[Table]:
                 mean = evaluation.get(f"{task}Accuracy", {}).get(length)
                 t.add_row(task, length, "-" if mean is None else f"{mean:.2f}",
                           *("-" if d not in row else f"{row[d]:.2f}" for d in depths))
-        tables.append(t)
+        tables.append((f"retrieval accuracy (samples per cell: {evaluation.get('samplesPerCell')})", t))
     if evaluation.get("perplexity"):
-        t = Table(title=f"{title}: perplexity", title_justify="left")
+        t = Table()
         t.add_column("length", justify="right")
         t.add_column("perplexity", justify="right")
         for length, value in evaluation["perplexity"].items():
             t.add_row(length, f"{value:.3f}")
-        tables.append(t)
+        tables.append(("perplexity", t))
     if evaluation.get("positionLoss"):
-        t = Table(title=f"{title}: loss by position (longest length)", title_justify="left")
+        t = Table()
         t.add_column("positions", justify="right")
         t.add_column("loss", justify="right")
         for row in evaluation["positionLoss"]:
             t.add_row(f"[{row['from']}, {row['to']})", f"{row['loss']:.4f}")
-        tables.append(t)
+        tables.append(("loss by position (longest length)", t))
     return tables
 
 
@@ -167,7 +167,8 @@ def eval_(
     if output is EvalOutput.json:
         emit(evaluation, _Formats.json)
         return
-    for table in _tables(evaluation, model.name):
+    for heading, table in _tables(evaluation):
+        console.print(f"[bold]{model.name}[/]: {heading}", highlight=False)
         console.print(table)
     for note in evaluation.get("notes", []):
         err_console.print(f"[yellow]note:[/] {note}", highlight=False)

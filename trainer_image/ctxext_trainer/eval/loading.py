@@ -58,6 +58,10 @@ def load_for_eval(path: str | Path, *, device: str = "cpu", dtype: Any = None) -
 def convert_gguf(gguf: str | Path, out_dir: str | Path) -> Path:
     """Save a GGUF model (dequantized, float32) and its tokenizer as a Hugging Face directory."""
     model, tok = load_for_eval(gguf)
+    # The weights are already dequantized to float32; drop the GGUF "quantizer" that blocks saving.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     model.save_pretrained(str(tmp))
