@@ -49,7 +49,8 @@ def test_zero3_sequence_parallel_stage_trains_exports_and_serves_metrics(tiny_mo
     out, hold, port = tmp_path / "stage", tmp_path / "hold", free_port()
     hold.touch()
     config = stage_config(tiny_model, corpus, out, zero_stage=3, sequence_parallel=2, activation_checkpointing=True,
-                          steps=8, seq_len=128, rope_theta=81920.5, metrics_port=port, checkpoint_interval=4,
+                          steps=8, seq_len=128, min_seq_len=64, rope_theta=81920.5, metrics_port=port,
+                          checkpoint_interval=4,
                           data={"source": f"file://{corpus}", "seed": 3, "validationFraction": 0.0,
                                 "syntheticRetrievalRatio": 0.25},
                           evaluation={"enabled": True, "tasks": ["passkey", "perplexity"], "depths": [0.5],

@@ -125,13 +125,24 @@ def barrier() -> None:
         torch_dist.barrier()
 
 
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches process groups in module globals; after the process group is destroyed they
+    point at dead groups, and a second stage in the same process (the bench, tests) would fail."""
+    from deepspeed.runtime.sequence_parallel import parallel_state_sp
+    from deepspeed.utils import groups
+
+    parallel_state_sp._release_sequence_parallel_groups()
+    for name, value in list(vars(groups).items()):
+        if name.startswith("_") and name.isupper() and "GROUP" in name:
+            if isinstance(value, dict):
+                value.clear()
+            else:
+                setattr(groups, name, None)
+    groups.mpu = None
+
+
 def close_distributed() -> None:
     """Destroy the process group (always, also after errors: ranks otherwise abort at exit)."""
     if torch_dist.is_available() and torch_dist.is_initialized():
-        try:
-            from deepspeed.runtime.sequence_parallel import parallel_state_sp
-
-            parallel_state_sp._release_sequence_parallel_groups()
-        except ImportError:
-            pass
+        _forget_deepspeed_groups()
         torch_dist.destroy_process_group()

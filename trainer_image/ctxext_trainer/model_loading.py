@@ -42,16 +42,34 @@ def training_dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if device == "cuda" else torch.float32
 
 
+def resolve_model_path(model_path: str) -> str:
+    """The directory (or offline Hugging Face cache id) ``from_pretrained`` gets for a stage's model_path.
+
+    ``file://`` and ``builtin://`` become local directories; a plain path stays; anything else that
+    is not a directory is taken as a repo id in the offline cache (``HF_HOME``, the operator's
+    ``hf://`` convention). ``s3://`` is not supported yet.
+
+    >>> resolve_model_path("file:///models/llama-3-8b"), resolve_model_path("meta-llama/Meta-Llama-3-8B")
+    ('/models/llama-3-8b', 'meta-llama/Meta-Llama-3-8B')
+    """
+    from ctxext.model_info import local_model_dir
+
+    if model_path.startswith("s3://"):
+        raise ValueError(f"model path {model_path!r}: s3:// is not supported yet; put the model on a PVC")
+    local = local_model_dir(model_path)
+    return str(local) if local is not None else model_path
+
+
 def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device: str,
                    activation_checkpointing: bool, ds_config: dict[str, Any] | None = None) -> LoadedModel:
     """The model of ``model_dir`` with the stage's RoPE theta, ready for ``deepspeed.initialize``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
+    path = resolve_model_path(str(model_dir))
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
         raise FileNotFoundError(f"model directory {path} has no config.json")
-    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
     apply_stage_rope(config, theta, seq_len)
     attn = attention_implementation(device)
     dtype = training_dtype(device)
@@ -60,7 +78,7 @@ def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device:
         from transformers.integrations import HfDeepSpeedConfig
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)
-    model = AutoModelForCausalLM.from_pretrained(str(path), config=config, dtype=dtype, attn_implementation=attn,
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype, attn_implementation=attn,
                                                  local_files_only=True)
     set_rope_theta(model, theta, seq_len)
     model.config.use_cache = False

@@ -20,7 +20,7 @@ from ctxext.results import Health, StageResult, write_result
 from ctxext.stage_config import StageConfig
 from ctxext_trainer import exit_codes
 from ctxext_trainer.checkpoint import load_latest_checkpoint
-from ctxext_trainer.data.corpus import build_stage_data
+from ctxext_trainer.data.batches import build_stage_data
 from ctxext_trainer.data.packing import StreamState
 from ctxext_trainer.distributed import (
     Topology,
@@ -34,7 +34,7 @@ from ctxext_trainer.export import export_model
 from ctxext_trainer.guard import HealthGuard
 from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
 from ctxext_trainer.metrics import TrainerMetrics
-from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation
+from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation, resolve_model_path
 from ctxext_trainer.reporting import StatusReporter
 from ctxext_trainer.rope import keep_rope_fp32
 from ctxext_trainer.tokenizer import load_tokenizer
@@ -98,7 +98,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         out.mkdir(parents=True, exist_ok=True)
     preempt = [False]
     signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__(0, True))
-    tokenizer = load_tokenizer(config.model_path)
+    tokenizer = load_tokenizer(resolve_model_path(config.model_path))
     ds_config = deepspeed_config(config, gradient_clipping=GRADIENT_CLIPPING)
     loaded = load_causal_lm(config.model_path, theta=config.rope_theta, seq_len=config.seq_len, device=config.device,
                             activation_checkpointing=config.activation_checkpointing, ds_config=ds_config)

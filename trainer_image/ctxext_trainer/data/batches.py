@@ -1,4 +1,5 @@
-"""Per-step batches for every rank: length curriculum, data-parallel split, sequence-parallel shards.
+"""Per-step batches for every rank: length curriculum, data-parallel split, sequence-parallel shards;
+and :func:`build_stage_data`, which reads, holds out and tokenizes a stage's corpus.
 
 Every rank runs the same deterministic stream and keeps only its part, so no rank needs to know
 another's position and a checkpoint holds one :class:`~ctxext_trainer.data.packing.StreamState`.
@@ -19,8 +20,11 @@ from typing import Any
 
 import torch
 
-from ctxext_trainer.data.augment import is_synthetic, synthetic_sequence, upsampling_weights
+from ctxext.stage_config import StageConfig
+from ctxext_trainer.data.augment import is_synthetic, split_documents, synthetic_sequence, upsampling_weights
 from ctxext_trainer.data.packing import PackedSequence, StreamState, TokenStream, next_packed
+from ctxext_trainer.data.sources import load_documents
+from ctxext_trainer.tokenizer import Tokenizer
 
 
 def step_length(step: int, *, seed: int, seq_len: int, min_seq_len: int | None, multiple: int) -> int:
@@ -100,3 +104,22 @@ class StageData:
                 "position_ids": torch.tensor([s.position_ids[lo:hi] for s in mine], dtype=torch.long),
             })
         return batches
+
+
+def training_documents(config: StageConfig) -> list[str]:
+    """The corpus documents used for training (validation ones held out, as evaluation sees them)."""
+    data = config.data
+    docs = load_documents(data.source, fmt=str(data.format), text_field=data.text_field)
+    train, _ = split_documents(docs, data.validation_fraction, data.seed)
+    return train
+
+
+def build_stage_data(config: StageConfig, tokenizer: Tokenizer) -> StageData:
+    """Tokenize the training documents and wrap them in a deterministic, resumable stage stream."""
+    data = config.data
+    token_docs = [tokenizer.encode(doc) for doc in training_documents(config)]
+    token_docs = [d for d in token_docs if d]
+    return StageData(token_docs, eos_id=tokenizer.eos_id, seed=data.seed, seq_len=config.seq_len,
+                     min_seq_len=config.min_seq_len, upsample_long=data.long_context_upsampling,
+                     synthetic_ratio=data.synthetic_retrieval_ratio,
+                     synthetic_task=str(data.synthetic_retrieval_task), encode=tokenizer.encode)
