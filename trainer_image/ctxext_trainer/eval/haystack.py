@@ -12,6 +12,15 @@ Worked example with the classic passkey filler (Mohtashami & Jaggi), byte tokens
     depth 0.5 : target offset 28 → boundaries are 0, 20, 37, 56 → after sentence 1 (offset 20)
     result    : " The grass is green." + FACT + " The sky is blue. The sun is yellow."
 
+>>> import random
+>>> from ctxext_trainer.tokenizer import ByteTokenizer
+>>> sentences = SentencePool.classic(ByteTokenizer().encode).take(60, random.Random(0))
+>>> [len(s) for s in sentences]
+[20, 17, 19]
+>>> ids, starts = insert_facts(sentences, [(0.5, [9, 9])])
+>>> starts, len(ids)
+([20], 58)
+
 Corpus haystacks (needle tasks) start at a seeded sentence of the corpus and run on, wrapping
 around at the end, so each sample sees different real text.
 """
