@@ -1,0 +1,100 @@
+"""The pure parts of the benchmark plumbing (bench/): statistics, /proc and Prometheus parsing, FLOPs.
+
+Nothing here times anything; the benchmarks themselves are run by hand (bench/README.md).
+"""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def _load(name: str) -> ModuleType:
+    if str(BENCH) not in sys.path:  # the scripts import each other as top-level modules
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(name)
+
+
+harness = _load("_harness")
+
+
+def test_percentile_interpolates_like_numpy():
+    values = [3.0, 1.0, 2.0, 4.0, 10.0]
+    assert harness.percentile(values, 0) == 1.0
+    assert harness.percentile(values, 100) == 10.0
+    assert harness.percentile(values, 50) == 3.0
+    assert harness.percentile(values, 90) == pytest.approx(4 + 0.6 * 6)  # numpy.percentile(values, 90) = 7.6
+    assert harness.percentile([2.0], 99) == 2.0
+    assert math.isnan(harness.percentile([], 50))
+    with pytest.raises(ValueError):
+        harness.percentile(values, 101)
+
+
+def test_summarize_and_ratio():
+    s = harness.summarize([1.0, 2.0, 3.0])
+    assert s["n"] == 3 and s["p50"] == 2.0 and s["max"] == 3.0 and s["mean"] == 2.0
+    assert harness.summarize([])["n"] == 0
+    assert harness.ratio(3.0, 2.0) == 1.5
+    assert harness.ratio(1.0, 0.0) is None and harness.ratio(None, 1.0) is None
+    assert harness.ratio(math.nan, 1.0) is None
+
+
+def test_proc_stat_tolerates_parentheses_and_spaces_in_the_command_name():
+    line = "7 (a) b) (c) R 1 7 7 0 -1 0 0 0 0 0 1234 56 0 0 20 0 1 0 99 0 0"
+    assert harness.parse_proc_stat(line) == (1234, 56)
+
+
+def test_proc_stat_of_this_process_is_readable():
+    ticks = harness.parse_proc_stat(Path("/proc/self/stat").read_text())
+    assert all(t >= 0 for t in ticks)
+    mem = harness.parse_proc_status(Path("/proc/self/status").read_text())
+    assert mem["VmHWM"] >= mem["VmRSS"] > 0
+
+
+def test_parse_metrics_keeps_histogram_count_and_labels():
+    text = (
+        "# TYPE ctxext_reconcile_duration_seconds histogram\n"
+        'ctxext_reconcile_duration_seconds_bucket{le="0.1"} 4.0\n'
+        'ctxext_reconcile_duration_seconds_bucket{le="+Inf"} 5.0\n'
+        "ctxext_reconcile_duration_seconds_count 5.0\n"
+        "ctxext_reconcile_duration_seconds_sum 0.75\n"
+        "# TYPE ctxext_jobs gauge\n"
+        'ctxext_jobs{phase="Running"} 2.0\n'
+    )
+    m = harness.parse_metrics(text)
+    assert m["ctxext_reconcile_duration_seconds_count"] == 5.0
+    assert m["ctxext_reconcile_duration_seconds_sum"] == 0.75
+    assert m['ctxext_jobs{phase="Running"}'] == 2.0
+
+
+def test_json_output_has_no_nan():
+    assert harness._clean({"a": math.nan, "b": [1.0, math.inf], "c": {"d": 2}}) == {"a": None, "b": [1.0, None],
+                                                                                     "c": {"d": 2}}
+
+
+def test_gpu_flops_and_peaks():
+    gpu = _load("gpu_throughput")
+    total, matmul = gpu.param_counts(gpu.ONE_B_SHAPE)
+    assert total == 1_235_814_400  # Llama-3.2-1B shape, tied embeddings
+    assert matmul == total  # tied: the embedding is counted once, as the LM head matmul
+    untied = {**gpu.ONE_B_SHAPE, "tie_word_embeddings": False}
+    assert gpu.param_counts(untied) == (total + 128256 * 2048, matmul)
+    # attention term grows linearly per token: doubling T adds 6·L·h·T
+    f16, f32 = gpu.flops_per_token(gpu.ONE_B_SHAPE, 16384), gpu.flops_per_token(gpu.ONE_B_SHAPE, 32768)
+    assert f32 - f16 == pytest.approx(6 * 16 * 2048 * 16384)
+    assert gpu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+
+
+@pytest.mark.parametrize("name", ["_harness", "gpu_throughput"])
+def test_doctests(name):
+    result = doctest.testmod(_load(name))
+    assert result.failed == 0 and result.attempted > 0
