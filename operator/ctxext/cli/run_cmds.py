@@ -52,7 +52,12 @@ def run(manifest: Path = MANIFEST,
 @reports_errors
 def init_tiny(directory: Path = typer.Argument(..., help="Output model directory.", show_default=False),
               seed: int = typer.Option(0, help="Seed of weights, data order and passkey samples."),
-              steps: int = typer.Option(1200, min=1, help="Optimizer steps."),
+              steps: int = typer.Option(1500, min=1, help="Optimizer steps (the cosine schedule spans them)."),
+              batch_size: int = typer.Option(16, min=1, help="Sequences per step."),
+              learning_rate: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
+              answer_weight: float = typer.Option(1.0, min=0.0, help="Loss weight of passkey answer tokens."),
+              stop_accuracy: float | None = typer.Option(None, help="Stop (after a cool-down) once a progress "
+                                                         "check reaches this passkey accuracy at 128."),
               ) -> None:
     """Train the tiny demo base model (byte vocabulary, 128 tokens) on the shipped corpus and passkey samples,
     then check it retrieves passkeys at 128 tokens (>= 0.95)."""
@@ -60,7 +65,8 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
         raise fail("`ctxext init-tiny` needs the trainer extra: pip install 'ctxext[trainer]'")
     from ctxext_trainer.tiny.base import PASS_BAR, BaseTrainingConfig, train_base
 
-    cfg = BaseTrainingConfig(seed=seed, steps=steps)
+    cfg = BaseTrainingConfig(seed=seed, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+                             answer_weight=answer_weight, stop_accuracy=stop_accuracy)
     metrics = train_base(directory, cfg, log=console.print)
     console.print(f"saved {directory}: passkey@{cfg.original_length} {metrics['passkeyAccuracy']:.3f}, "
                   f"held-out perplexity {metrics['heldOutPerplexity']:.3f}, {metrics['wallSeconds']:.0f}s")

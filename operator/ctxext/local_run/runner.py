@@ -72,6 +72,10 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 class LocalRun:
     """One `ctxext run` of one manifest in one workdir."""
 
@@ -161,6 +165,7 @@ class LocalRun:
         return "done", None
 
     def run(self) -> int:
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run like Ctrl-C: checkpoint, then exit
         self.wd.claim(self.job)
         self.metrics.serve(self.opts.metrics_port)
         self.metrics.on_stage(0, 0)

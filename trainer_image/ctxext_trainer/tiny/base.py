@@ -23,7 +23,7 @@ import torch
 
 from ctxext_trainer.tiny.corpus import TokenStream, corpus_documents, split_documents
 from ctxext_trainer.tiny.model import new_tiny_model, passkey_accuracy, save_tiny, text_perplexity
-from ctxext_trainer.tiny.passkey import passkey_pools, passkey_row
+from ctxext_trainer.tiny.passkey import IGNORE, passkey_pools, passkey_row
 from ctxext_trainer.tokenizer import ByteTokenizer
 
 #: Passkey samples used to check the bar; their seed differs from every training seed.
@@ -41,12 +41,19 @@ class BaseTrainingConfig:
     """L0: the longest training length and the model's max_position_embeddings."""
     min_len: int = 112
     """Shortest training length (the evaluation's passkey prompt and answer need 104 bytes)."""
-    steps: int = 1200
-    """Optimizer steps."""
+    steps: int = 1500
+    """Optimizer steps (the cosine schedule spans them)."""
+    stop_accuracy: float | None = None
+    """When set: once a progress check reaches this passkey accuracy at L0, the learning rate decays
+    linearly to 10% over ``cooldown_steps`` more steps and training stops (None: train every step)."""
+    cooldown_steps: int = 100
+    """Steps after the check that reached ``stop_accuracy``."""
     batch_size: int = 16
     """Sequences per step."""
     passkey_ratio: float = 0.5
     """Fraction of each batch that is passkey samples."""
+    answer_weight: float = 1.0
+    """Loss weight of the passkey answer tokens (every other token weighs 1)."""
     learning_rate: float = 2e-3
     """Peak learning rate."""
     warmup_steps: int = 50
@@ -55,6 +62,17 @@ class BaseTrainingConfig:
     """Steps between progress checks (passkey accuracy at L0 on 50 samples)."""
     check_samples: int = 200
     """Samples in the final check at L0."""
+
+
+def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, answer_at: list[int], weight: float) -> torch.Tensor:
+    """Next-token cross-entropy; targets from ``answer_at[row]`` on weigh ``weight``, padding 0."""
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(),
+                                            ignore_index=IGNORE, reduction="none").view_as(target)
+    w = (target != IGNORE).float()
+    pos = torch.arange(1, labels.shape[1]).unsqueeze(0)
+    w = torch.where(pos >= torch.tensor(answer_at).unsqueeze(1), w * weight, w)
+    return (nll * w).sum() / w.sum()
 
 
 def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
@@ -69,7 +87,15 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     model = new_tiny_model(cfg.seed, original_length=cfg.original_length)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
 
+    cooldown_from: int | None = None
+
     def lr_at(step: int) -> float:
+        if cooldown_from is not None:
+            peak = lr_at_schedule(cooldown_from)
+            return peak * (1.0 - 0.9 * (step - cooldown_from) / cfg.cooldown_steps)
+        return lr_at_schedule(step)
+
+    def lr_at_schedule(step: int) -> float:
         if step < cfg.warmup_steps:
             return cfg.learning_rate * (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
@@ -79,32 +105,73 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     n_pk = round(cfg.batch_size * cfg.passkey_ratio)
     started, loss_sum = time.monotonic(), 0.0
     model.train()
-    for step in range(cfg.steps):
+    step, end = 0, cfg.steps
+    while step < end:
         length = rng.randint(cfg.min_len, cfg.original_length)
         rows = [passkey_row(rng, tok, pools, length=length) for _ in range(n_pk)]
-        rows += [(w, w) for w in (stream.window(rng, length) for _ in range(cfg.batch_size - n_pk))]
+        rows += [(w, w, length) for w in (stream.window(rng, length) for _ in range(cfg.batch_size - n_pk))]
         ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
         labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=ids, labels=labels).loss
+        loss = weighted_loss(model(input_ids=ids).logits, labels, [r[2] for r in rows], cfg.answer_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_sum += float(loss.detach())
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        step += 1
+        if step % cfg.eval_every == 0 and cooldown_from is None:
             acc = passkey_accuracy(model, length=cfg.original_length, samples=50, seed=CHECK_SEED + step)
-            log(f"step {step + 1}/{cfg.steps} loss {loss_sum / cfg.eval_every:.3f} passkey@{cfg.original_length} "
+            log(f"step {step}/{end} loss {loss_sum / cfg.eval_every:.3f} passkey@{cfg.original_length} "
                 f"{acc:.2f} ({time.monotonic() - started:.0f}s)")
             loss_sum = 0.0
+            if cfg.stop_accuracy is not None and acc >= cfg.stop_accuracy:
+                cooldown_from, end = step, min(cfg.steps, step + cfg.cooldown_steps)
+                log(f"passkey solved at step {step}: {cfg.cooldown_steps} cool-down steps, then stop")
     metrics: dict[str, float | int] = {
         "passkeyAccuracy": passkey_accuracy(model, length=cfg.original_length, samples=cfg.check_samples,
                                             seed=CHECK_SEED),
         "heldOutPerplexity": text_perplexity(model, held),
-        "steps": cfg.steps, "wallSeconds": round(time.monotonic() - started, 1),
+        "steps": step, "solvedAtStep": cooldown_from or -1, "wallSeconds": round(time.monotonic() - started, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     save_tiny(model, out_dir)
     Path(out_dir, "training.json").write_text(json.dumps({"config": asdict(cfg), "metrics": metrics}, indent=2))
+    Path(out_dir, "TRAINING.md").write_text(training_note(cfg, metrics))
     return metrics
+
+
+def command_of(cfg: BaseTrainingConfig) -> str:
+    """The `ctxext init-tiny` command line that trains this config."""
+    stop = f" --stop-accuracy {cfg.stop_accuracy:g}" if cfg.stop_accuracy is not None else ""
+    return (f"OMP_NUM_THREADS=1 ctxext init-tiny DIR --seed {cfg.seed} --steps {cfg.steps} "
+            f"--batch-size {cfg.batch_size} --lr {cfg.learning_rate:g} --answer-weight {cfg.answer_weight:g}{stop}")
+
+
+def training_note(cfg: BaseTrainingConfig, metrics: dict[str, float | int]) -> str:
+    """TRAINING.md of a trained base model: how to reproduce it and what it scored."""
+    return "\n".join([
+        "# The tiny base model", "",
+        f"A {metrics['parameters']:,}-parameter Llama-shaped model (4 layers, hidden 128, 4 heads, MLP 512, byte "
+        f"vocabulary of 260, tied embeddings, RoPE theta 10000, max_position_embeddings {cfg.original_length}), "
+        "trained from scratch on one CPU thread by:", "",
+        "```sh", command_of(cfg), "```", "",
+        f"Seed {cfg.seed}. Data: the shipped corpus (builtin://tiny-corpus, the Jargon File, public domain; every "
+        "20th document held out) and passkey samples in the evaluation's prompt format "
+        f"({cfg.passkey_ratio:.0%} of each batch, the key at a uniform random depth, half on the classic filler "
+        f"and half on corpus sentences); each step's length uniform in [{cfg.min_len}, {cfg.original_length}]. "
+        f"AdamW (0.9, 0.95), weight decay 0.01, {cfg.warmup_steps} warm-up steps, cosine decay to 10% over "
+        f"{cfg.steps} steps"
+        + (f", stopping {cfg.cooldown_steps} cool-down steps after a progress check (50 samples) reached "
+           f"{cfg.stop_accuracy:g}." if cfg.stop_accuracy is not None else "."), "",
+        "| what | value |", "|---|---:|",
+        f"| steps trained | {metrics['steps']} |",
+        *([f"| passkey solved at step (check >= {cfg.stop_accuracy:g}) | {metrics['solvedAtStep']} |"]
+          if cfg.stop_accuracy is not None else []),
+        f"| passkey accuracy at {cfg.original_length} ({cfg.check_samples} samples, seed {CHECK_SEED}) | "
+        f"{metrics['passkeyAccuracy']:.3f} |",
+        f"| held-out perplexity at {cfg.original_length} (bytes) | {metrics['heldOutPerplexity']:.3f} |",
+        f"| wall time (this machine, 1 thread) | {metrics['wallSeconds']:.0f} s |", "",
+        "A test (tests/e2e/test_local_run_init_tiny.py, marked slow) reruns the command and checks the bar "
+        f"(passkey accuracy at {cfg.original_length} >= {PASS_BAR}).", ""])

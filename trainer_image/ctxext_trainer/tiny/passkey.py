@@ -15,8 +15,10 @@ Training seeds are drawn from [10^9, 2·10^9), apart from every evaluation seed 
 >>> from ctxext_trainer.tokenizer import ByteTokenizer
 >>> tok = ByteTokenizer()
 >>> pools = passkey_pools(tok, ["One sentence here. Another one there."])
->>> ids, labels = passkey_row(random.Random(0), tok, pools, length=128)
+>>> ids, labels, answer_at = passkey_row(random.Random(0), tok, pools, length=128)
 >>> len(ids) == len(labels) == 128 and "The pass key is" in tok.decode(ids)
+True
+>>> tok.decode(ids[answer_at:answer_at + 6]).strip().isdigit()
 True
 """
 
@@ -38,11 +40,11 @@ def passkey_pools(tokenizer: ByteTokenizer, corpus_texts: list[str]) -> tuple[Se
 
 
 def passkey_row(rng: random.Random, tokenizer: ByteTokenizer, pools: tuple[SentencePool, SentencePool], *,
-                length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one passkey sample padded to ``length``."""
+                length: int) -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, answer start) of one passkey sample padded to ``length``."""
     pool = pools[rng.randrange(2)]
     sample = build_sample("passkey", length=length, depth=rng.random(), index=rng.randrange(1 << 30),
                           seed=rng.randrange(*SEED_RANGE), tokenizer=tokenizer, pool=pool)
     ids = (sample.input_ids + tokenizer.encode(f" {sample.answer}."))[:length]
     pad = length - len(ids)
-    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad
+    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(len(sample.input_ids), length)
