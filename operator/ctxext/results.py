@@ -101,6 +101,9 @@ class StageResult(ApiModel):
     """Evaluation of the base model (stage 1 only)."""
     gates: list[dict[str, Any]] = Field(default_factory=list)
     """Gate outcomes (metric, atLength, passed, value, message)."""
+    warnings: list[str] = Field(default_factory=list)
+    """What went wrong but was survived (e.g. a damaged checkpoint skipped on resume); the operator
+    copies them into status.warnings."""
 
 
 def read_result(output_dir: str | Path) -> StageResult | None:

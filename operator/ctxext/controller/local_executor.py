@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
+import urllib3
 from kubernetes import client
 
 from ctxext.controller.local_launch import replica_processes
@@ -224,7 +225,8 @@ class LocalExecutor:
             while not stopping:
                 try:
                     self.tick()
-                except (client.ApiException, OSError) as exc:
+                except (client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+                    # The API server may be restarting: keep the processes, try again next poll.
                     log.warning("listing PyTorchJobs failed: %s", exc)
                 time.sleep(self.poll)
         finally:

@@ -42,6 +42,21 @@ def initial_stages(plan: Plan) -> list[dict[str, Any]]:
              "phase": "Pending", "attempts": 0, "learningRate": s.learning_rate} for s in plan.stages]
 
 
+def result_warnings(status: dict[str, Any]) -> list[str]:
+    """Warnings the trainer put in its stage results (a damaged checkpoint skipped, ...), per attempt.
+
+    >>> result_warnings({"results": {"j-s1-a2": {"warnings": ["checkpoint step-4 is unusable"]}}})
+    ['j-s1-a2: checkpoint step-4 is unusable']
+    """
+    out: list[str] = []
+    results = status.get("results")
+    for job, result in sorted(results.items() if isinstance(results, dict) else []):
+        warnings = result.get("warnings") if isinstance(result, dict) else None
+        if isinstance(warnings, list):
+            out.extend(f"{job}: {w}" for w in warnings if isinstance(w, str))
+    return out
+
+
 def _metrics_source(status: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]:
     """Where status.loss / status.perplexity come from: the trainer's live progress, else the last result."""
     progress = status.get("progress") or {}
@@ -98,7 +113,8 @@ def reconcile(inp: Inputs) -> Decision:
             return d
     elif inp.spec is not None:
         conds.set(INVALID_SPEC, False, "SpecValid", f"the spec plans into {len(inp.plan.stages)} stages")
-        warnings = list(inp.plan.warnings) + ([] if inp.spec.checkpoint.claim_name else [NO_CLAIM_WARNING])
+        warnings = list(inp.plan.warnings) + ([] if inp.spec.checkpoint.claim_name else [NO_CLAIM_WARNING]) \
+            + result_warnings(status)
         out["warnings"] = warnings or None
         stages = stages or initial_stages(inp.plan)
     if terminal or not stages or inp.spec is None:
