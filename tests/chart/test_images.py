@@ -62,7 +62,7 @@ def test_base_images_are_pinned_by_digest(dockerfile: Path):
         assert re.fullmatch(r"[\w./:-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), f"{dockerfile.name}: {image} not pinned"
 
 
-@pytest.mark.parametrize("dockerfile", [OPERATOR_DOCKERFILE], ids=["operator"])
+@pytest.mark.parametrize("dockerfile", [OPERATOR_DOCKERFILE, TRAINER_DOCKERFILE], ids=["operator", "trainer"])
 def test_images_run_as_a_numeric_non_root_user(dockerfile: Path):
     users = [rest for word, rest in _instructions(dockerfile) if word == "USER"]
     assert users, f"{dockerfile} has no USER"
