@@ -8,7 +8,9 @@ turns it on for both). *ctxext* is the real stage runner (``ctxext_trainer.stage
 DeepSpeed engine at ZeRO ``--zero``, chunked loss, gradient-health statistics, loss all-reduce,
 metrics); its per-step wall times come from the stage's ``train_log.jsonl``. *plain* is
 ``model(input_ids, labels=...).loss.backward(); clip_grad_norm_; AdamW.step()``. Each side's first
-``--warmup`` steps are dropped; the table shows medians of the rest (≥ 5) and ctxext / plain.
+``--warmup`` steps are dropped; the table shows medians of the rest (≥ 5) and ctxext / plain, in
+wall time and in process CPU time (``time.process_time``; with one thread it is the step's compute
+and stays meaningful on a machine shared with other jobs, where wall time is not).
 Prints a table, then one JSON line.
 """
 
@@ -51,7 +53,7 @@ def make_model_dir(root: Path, max_len: int) -> Path:
 
 
 def ctxext_step_times(model_dir: Path, out: Path, seq_len: int, steps: int, zero: int,
-                      checkpointing: bool) -> list[float]:
+                      checkpointing: bool) -> tuple[list[float], list[float]]:
     from ctxext.stage_config import StageConfig
     from ctxext_trainer.stage import run_stage
 
@@ -64,10 +66,11 @@ def ctxext_step_times(model_dir: Path, out: Path, seq_len: int, steps: int, zero
     if run_stage(config) != 0:
         raise SystemExit(f"ctxext stage run failed; see {out}/result.json")
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    return [float(r["seconds"]) for r in log]
+    return [float(r["seconds"]) for r in log], [float(r["cpuSeconds"]) for r in log]
 
 
-def plain_step_times(model_dir: Path, seq_len: int, steps: int, checkpointing: bool) -> list[float]:
+def plain_step_times(model_dir: Path, seq_len: int, steps: int,
+                     checkpointing: bool) -> tuple[list[float], list[float]]:
     model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation="sdpa")
     model.config.rope_parameters = {"rope_type": "default", "rope_theta": THETA}
     model.train()
@@ -75,17 +78,18 @@ def plain_step_times(model_dir: Path, seq_len: int, steps: int, checkpointing: b
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     gen = torch.Generator().manual_seed(0)
-    times = []
+    times, cpu = [], []
     for _ in range(steps):
         ids = torch.randint(4, 260, (1, seq_len), generator=gen)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - t0)
-    return times
+        cpu.append(time.process_time() - c0)
+    return times, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,19 +107,24 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = make_model_dir(Path(tmp), max(args.lengths))
         for n in args.lengths:
             total = args.steps + args.warmup
-            ours = ctxext_step_times(model_dir, Path(tmp) / f"run-{n}", n, total, args.zero, args.checkpointing)
-            plain = plain_step_times(model_dir, n, total, args.checkpointing)
-            ours_med = statistics.median(ours[args.warmup:])
-            plain_med = statistics.median(plain[args.warmup:])
-            rows.append({"seqLen": n, "ctxextSeconds": round(ours_med, 4), "plainSeconds": round(plain_med, 4),
-                         "ratio": round(ours_med / plain_med, 3), "steps": args.steps})
+            ours, ours_cpu = ctxext_step_times(model_dir, Path(tmp) / f"run-{n}", n, total, args.zero,
+                                               args.checkpointing)
+            plain, plain_cpu = plain_step_times(model_dir, n, total, args.checkpointing)
+            w = args.warmup
+            o, p = statistics.median(ours[w:]), statistics.median(plain[w:])
+            oc, pc = statistics.median(ours_cpu[w:]), statistics.median(plain_cpu[w:])
+            rows.append({"seqLen": n, "ctxextSeconds": round(o, 4), "plainSeconds": round(p, 4),
+                         "ratio": round(o / p, 3), "ctxextCpuSeconds": round(oc, 4), "plainCpuSeconds": round(pc, 4),
+                         "cpuRatio": round(oc / pc, 3), "steps": args.steps})
     params = sum(p.numel() for p in LlamaForCausalLM(LlamaConfig(**SHAPE)).parameters())
     print(f"\nctxext trainer step vs plain transformers + AdamW (CPU, 1 process, OMP_NUM_THREADS="
           f"{os.environ['OMP_NUM_THREADS']}, {params / 1e6:.1f}M params, ZeRO {args.zero}, "
           f"checkpointing {'on' if args.checkpointing else 'off'}, median of {args.steps} steps)")
-    print(f"{'seqLen':>8} {'ctxext s/step':>14} {'plain s/step':>13} {'ratio':>7}")
+    print(f"{'seqLen':>8} {'ctxext s/step':>14} {'plain s/step':>13} {'ratio':>7} {'ctxext cpu s':>13} "
+          f"{'plain cpu s':>12} {'cpu ratio':>10}")
     for r in rows:
-        print(f"{r['seqLen']:>8} {r['ctxextSeconds']:>14.4f} {r['plainSeconds']:>13.4f} {r['ratio']:>7.3f}")
+        print(f"{r['seqLen']:>8} {r['ctxextSeconds']:>14.4f} {r['plainSeconds']:>13.4f} {r['ratio']:>7.3f} "
+              f"{r['ctxextCpuSeconds']:>13.4f} {r['plainCpuSeconds']:>12.4f} {r['cpuRatio']:>10.3f}")
     print(json.dumps({"bench": "trainer_step", "device": "cpu", "params": params, "zeroStage": args.zero,
                       "activationCheckpointing": args.checkpointing, "results": rows}))
     return 0

@@ -106,7 +106,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     engine.train()
     while state.step < config.steps:
         step_no = state.step + 1
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         batches = parts.data.step_batches(state.step, layout)
         sums = torch.zeros(2, dtype=torch.float64)
         for i, batch in enumerate(batches):
@@ -132,7 +132,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
         ratio = update_to_weight_ratio(before, named, zero, topo.rank, topo.world_size) if before else None
         all_reduce_sum(sums)
         loss_value = float(sums[0] / sums[1].clamp(min=1))
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         state.step, state.last_loss = step_no, loss_value
         state.tokens += float(sums[1])
         state.train_seconds += seconds
@@ -150,8 +150,8 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
         if topo.is_rank0:
             _log_step(config, {"step": step_no, "loss": loss_value, "gradNorm": stats.grad_norm, "lr": lr,
                                "seqLen": int(batches[0]["input_ids"].shape[1]) * topo.sp_size,
-                               "seconds": round(seconds, 4), "maxLayer": stats.max_layer[0],
-                               "updateRatio": ratio})
+                               "seconds": round(seconds, 4), "cpuSeconds": round(cpu_seconds, 4),
+                               "maxLayer": stats.max_layer[0], "updateRatio": ratio})
             log.info("step %d/%d loss %.4f grad_norm %.3g lr %.3g %.0f tok/s", step_no, config.steps, loss_value,
                      stats.grad_norm, lr, tps)
         if stop is not None:
