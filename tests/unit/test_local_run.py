@@ -9,9 +9,8 @@ import pytest
 
 from ctxext.errors import SpecError
 from ctxext.local_run.layout import Workdir, local_stage_config, stage_model_path, world_size
-from ctxext.local_run.markdown import write_report_md
 from ctxext.local_run.progress import read_progress
-from ctxext.local_run.report import beyond_within_ratio, build_report, checks
+from ctxext.local_run.report import beyond_within_ratio, build_report, checks, write_report_md
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
 from ctxext.results import StageResult, write_result

@@ -28,10 +28,8 @@ from ctxext.api.job import ContextExtensionJob
 from ctxext.gates import all_passed, evaluate_gates, failed_summary
 from ctxext.local_run.display import StageBars, checks_table, summary_table
 from ctxext.local_run.layout import Workdir, base_model_dir, local_stage_config, world_size, write_stage_config
-from ctxext.local_run.markdown import write_report_md
-from ctxext.local_run.metrics import RunMetrics
-from ctxext.local_run.progress import read_progress
-from ctxext.local_run.report import build_report
+from ctxext.local_run.progress import RunMetrics, read_progress
+from ctxext.local_run.report import build_report, write_report_md
 from ctxext.planner import Plan
 from ctxext.results import RESULT_FILE, StageResult, write_result
 

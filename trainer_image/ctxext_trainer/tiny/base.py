@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ctxext_trainer.tiny.corpus import TokenStream, corpus_documents, split_documents
+from ctxext_trainer.tiny.data import IGNORE, TokenStream, corpus_documents, passkey_pools, passkey_row, split_documents
 from ctxext_trainer.tiny.model import new_tiny_model, passkey_accuracy, save_tiny, text_perplexity
-from ctxext_trainer.tiny.passkey import IGNORE, passkey_pools, passkey_row
 from ctxext_trainer.tokenizer import ByteTokenizer
 
 #: Passkey samples used to check the bar; their seed differs from every training seed.
