@@ -8,18 +8,23 @@ the sequence-parallel ones included). On GPU (bf16 with fp32 master weights and 
     ZeRO 2: w + (g + o)/W    ZeRO 3: (w + g + o)/W + two gathered layers (prefetch)
 
 Activations for s = seqLen / sequenceParallel · batchSize local tokens, a bytes per element, E the
-elements one decoder layer keeps per token (SDPA/flash attention: no s² term)::
+elements one decoder layer keeps per token for backward (SDPA/flash attention: no s² term). Counted
+from transformers' Llama layer: two RMSNorms (input, fp32 upcast = 2 elements, output), q/k/v,
+rotated q/k, attention output, the post-attention residual, and gate, up, act(gate), act·up::
 
-    E = 6h + 2·kv + 4·I   (+ h + 2·kv for Ulysses all-to-all buffers when sequenceParallel > 1)
-    with checkpointing:  layers · s · h · a  (layer inputs)  +  s · E · a  (one layer recomputed)
+    E = 11h + 3·kv + 4·I   (+ h + 2·kv for Ulysses all-to-all buffers when sequenceParallel > 1)
+    with checkpointing:  layers · s · h · a  (layer inputs)  +  2 · s · E · a  (one layer recomputed,
+                         plus the gradients flowing through it)
     without:             layers · s · E · a
     logits: min(s, LOSS_CHUNK_TOKENS) · V · (a + 8)   (the trainer computes the loss in chunks)
 
 Worked example, Llama-3-8B (Ψ = 8.03e9, h = 4096, I = 14336, kv = 1024, V = 128256) at 65,536
 tokens on 8 GPUs, sequenceParallel 8, ZeRO 3, checkpointing, bf16:
-states 16Ψ/8 = 14.96 GiB; s = 8192; inputs 32·8192·4096·2 = 2.00 GiB; one layer 8192·90112·2 =
-1.38 GiB; logits 4096·128256·10 = 4.89 GiB; gathered layers 0.81 GiB; runtime overhead 1.5 GiB →
-about 25.9 GiB (activations get 10% for allocator fragmentation).
+states 16Ψ/8 = 14.96 GiB; s = 8192; inputs 32·8192·4096·2 = 2.00 GiB; one layer 2·8192·111616·2 =
+3.41 GiB; logits 4096·128256·10 = 4.89 GiB; gathered layers 0.81 GiB; runtime overhead 1.5 GiB →
+about 28.1 GiB (activations get 10% for allocator fragmentation).
+
+``bench/planner_memory.py`` compares this with measured peaks of the real trainer on CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ GIB = 1024**3
 LOSS_CHUNK_TOKENS = 4096
 #: CUDA context, NCCL buffers, allocator reserve.
 RUNTIME_OVERHEAD_GIB = 1.5
+#: A CPU rank (torch, DeepSpeed, gloo) before the model is built: 0.38–0.52 GiB measured.
+CPU_RUNTIME_OVERHEAD_GIB = 0.5
 FRAGMENTATION = 1.10
 
 
@@ -102,9 +109,9 @@ def estimate_memory(
     d = head_dim or h // arch.num_attention_heads
     kv = (arch.num_key_value_heads or arch.num_attention_heads) * d
     s = seq_len // max(1, sequence_parallel) * batch_size
-    per_token_layer = 6 * h + 2 * kv + 4 * inter + ((h + 2 * kv) if sequence_parallel > 1 else 0)
+    per_token_layer = 11 * h + 3 * kv + 4 * inter + ((h + 2 * kv) if sequence_parallel > 1 else 0)
     if activation_checkpointing:
-        acts = arch.num_layers * s * h * act_b + s * per_token_layer * act_b
+        acts = arch.num_layers * s * h * act_b + 2 * s * per_token_layer * act_b
     else:
         acts = arch.num_layers * s * per_token_layer * act_b
     logits = min(s, LOSS_CHUNK_TOKENS) * v * (act_b + 8)
@@ -114,5 +121,5 @@ def estimate_memory(
         optimizer=o / GIB,
         activations=acts * FRAGMENTATION / GIB,
         logits=logits / GIB,
-        overhead=RUNTIME_OVERHEAD_GIB if on_gpu else 0.25,
+        overhead=RUNTIME_OVERHEAD_GIB if on_gpu else CPU_RUNTIME_OVERHEAD_GIB,
     )
