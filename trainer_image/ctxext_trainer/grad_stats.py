@@ -88,15 +88,19 @@ def owned_weight(param: torch.nn.Parameter, zero_stage: int, rank: int, world: i
 def gradient_stats(named_params: list[tuple[str, torch.nn.Parameter]], zero_stage: int, rank: int,
                    world: int) -> GradStats:
     """Global grad norm, non-finite count and per-layer norms (one all-reduce)."""
-    sums = torch.zeros(2 * len(named_params), dtype=torch.float64)
-    for i, (_, p) in enumerate(named_params):
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    parts: list[torch.Tensor] = []
+    for _, p in named_params:
         g = owned_grad(p, zero_stage, rank, world)
         if g is None or g.numel() == 0:
+            parts.append(torch.zeros(2, dtype=torch.float64, device=device))
             continue
         g = g.detach().float()
         finite = torch.isfinite(g)
-        sums[2 * i] = float(torch.where(finite, g, 0.0).pow(2).sum())
-        sums[2 * i + 1] = float((~finite).sum())
+        part = torch.stack([torch.where(finite, g, 0.0).double().pow(2).sum(), (~finite).sum().double()])
+        parts.append(part.to(device, non_blocking=True))
+    # one device→host copy for all parameters (no per-parameter synchronisation on GPU)
+    sums = torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
     all_reduce_sum(sums)
     layers: dict[str, float] = {}
     for i, (name, _) in enumerate(named_params):
