@@ -38,8 +38,9 @@ def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={LABEL_JOB: kopf.PRESENT})
-def pytorchjob_event(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
-    runner.reconcile(memo, namespace, labels[LABEL_JOB])
+def pytorchjob_event(namespace: str | None, name: str, labels: Mapping[str, str], body: Mapping[str, Any],
+                     memo: Any, **_: Any) -> None:
+    runner.pytorchjob_changed(memo, namespace, name, labels[LABEL_JOB], body)
 
 
 @kopf.on.delete(*CEJ, optional=True)

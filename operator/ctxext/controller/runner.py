@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -56,6 +57,42 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any) -> 
 
 def reconcile(memo: Any, namespace: str | None, name: str) -> None:
     memo.controller.reconcile(namespace or "default", name)
+
+
+def pytorchjob_signature(body: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What of a PyTorchJob a reconcile acts on; None for a job with nothing to act on yet.
+
+    A job without conditions is one this operator just created (the pass that created it already
+    accounted for it) or one the resume handler re-reads after a restart, so its ADDED event needs
+    no pass of its own.
+
+    >>> pytorchjob_signature({"status": {}}) is None
+    True
+    >>> pytorchjob_signature({"status": {"conditions": [{"type": "Running", "status": "True"}]}})
+    ((('Running', 'True'),), False, False)
+    """
+    conditions = tuple((c.get("type"), c.get("status")) for c in (body.get("status") or {}).get("conditions") or [])
+    suspended = bool(((body.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+    deleting = bool((body.get("metadata") or {}).get("deletionTimestamp"))
+    if not conditions and not deleting:
+        return None
+    return conditions, suspended, deleting
+
+
+def pytorchjob_changed(memo: Any, namespace: str | None, name: str, cej: str, body: Mapping[str, Any]) -> None:
+    """Reconcile the owning CEJ when a PyTorchJob's conditions, suspension or deletion changed.
+
+    Events that change nothing a reconcile reads (the ADDED event of a job just created, a label
+    edit) are skipped: at scale they were half of all passes (bench/operator_scale.py). The resync
+    timer still re-derives everything periodically.
+    """
+    signature = pytorchjob_signature(body)
+    key = f"{namespace or 'default'}/{name}"
+    seen: dict[str, Any] = memo.setdefault("pytorchjob_seen", {})
+    if signature is None or seen.get(key) == signature:
+        return
+    seen[key] = signature
+    reconcile(memo, namespace, cej)
 
 
 def forget(memo: Any, namespace: str | None, name: str) -> None:
