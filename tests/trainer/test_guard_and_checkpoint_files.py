@@ -126,6 +126,7 @@ current-context: x
 """)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("CTXEXT_RESULT_RETRY_SECONDS", "0")  # no API server will come: do not wait for one
     config = CONFIG.model_copy(update={"report": CONFIG.report.model_copy(update={"kind": "kubernetes"})})
     reporter = StatusReporter(config, is_rank0=True, min_interval=0)
     assert reporter.progress(step=1, loss=1.0, tokens_per_second=1.0) is False

@@ -5,7 +5,11 @@ With ``report.kind == "kubernetes"`` the trainer merge-patches
 
 * every :data:`MIN_INTERVAL_SECONDS` at most: ``status.progress`` = ``{jobName, stage, step,
   totalSteps, loss, perplexity, tokensPerSecond, updated}``;
-* at the end: ``status.results[<jobName>]`` = the stage result (result.json's content).
+* at the end: ``status.results[<jobName>]`` = the stage result (result.json's content). This one
+  write matters (the operator reads the result when the PyTorchJob finishes, i.e. after this process
+  exits), so it is retried for up to ``$CTXEXT_RESULT_RETRY_SECONDS`` (default
+  :data:`RESULT_RETRY_SECONDS`) while the API server is unreachable or answers 429/5xx, e.g. during
+  an API server restart.
 
 The client uses the in-cluster service account, else ``$KUBECONFIG``. Every failure is logged and
 swallowed: reporting never stops training (result.json on the volume stays the source of truth).
@@ -27,6 +31,8 @@ log = logging.getLogger(__name__)
 GROUP, VERSION, PLURAL = "ctxext.dev", "v1alpha1", "contextextensionjobs"
 MIN_INTERVAL_SECONDS = 10.0
 REQUEST_TIMEOUT_SECONDS = 5
+RESULT_RETRY_SECONDS = 60.0
+RESULT_RETRY_ENV = "CTXEXT_RESULT_RETRY_SECONDS"
 
 
 def _finite(x: float | None) -> float | None:
@@ -66,6 +72,7 @@ class StatusReporter:
         self.min_interval = min_interval
         self._last = -math.inf
         self._api: Any = None
+        self.result_retry_seconds = float(os.environ.get(RESULT_RETRY_ENV) or RESULT_RETRY_SECONDS)
         if self.enabled and not (config.report.name or config.job):
             log.warning("report.kind is kubernetes but no job name is known; status reporting disabled")
             self.enabled = False
@@ -84,15 +91,20 @@ class StatusReporter:
         return self._api
 
     def _patch(self, body: dict[str, Any]) -> bool:
+        return self._try_patch(body) is None
+
+    def _try_patch(self, body: dict[str, Any]) -> bool | None:
+        """None on success; else whether the failure is worth retrying (no answer, 429 or 5xx)."""
         target = self.config.report
         try:
             self._client().patch_namespaced_custom_object_status(
                 GROUP, VERSION, target.namespace or self.config.namespace, PLURAL, target.name or self.config.job,
                 body, _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            return True
+            return None
         except Exception as exc:  # reporting must never stop training
             log.warning("could not patch the ContextExtensionJob status: %s", exc)
-            return False
+            status = getattr(exc, "status", None)
+            return not isinstance(status, int) or status == 429 or status >= 500
 
     def progress(self, *, step: int, loss: float | None, tokens_per_second: float | None,
                  force: bool = False) -> bool:
@@ -112,5 +124,15 @@ class StatusReporter:
         PyTorchJob finished, which is after this returns."""
         if not self.enabled:
             return False
-        self._patch({"status": {"results": {self.config.job_name: None}}})
-        return self._patch(result_patch(self.config.job_name, result))
+        deadline, delay = time.monotonic() + self.result_retry_seconds, 1.0
+        while True:
+            retry = self._try_patch({"status": {"results": {self.config.job_name: None}}})
+            if retry is None:
+                retry = self._try_patch(result_patch(self.config.job_name, result))
+                if retry is None:
+                    return True
+            if not retry or time.monotonic() + delay > deadline:
+                return False
+            log.warning("retrying the stage result in %g s", delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
