@@ -1,0 +1,20 @@
+"""The worked examples in the trainer's docstrings (packing, theta/RoPE, loss, schedules) run as tests."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer.data.augment",
+           "ctxext_trainer.data.batches", "ctxext_trainer.data.sources", "ctxext_trainer.engine",
+           "ctxext_trainer.loss", "ctxext_trainer.grad_stats", "ctxext_trainer.reporting", "ctxext_trainer.launch",
+           "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0
+    assert result.attempted > 0, f"{name} has no examples"
