@@ -52,6 +52,7 @@ def run(manifest: Path = MANIFEST,
 @reports_errors
 def init_tiny(directory: Path = typer.Argument(..., help="Output model directory.", show_default=False),
               seed: int = typer.Option(0, help="Seed of weights, data order and passkey samples."),
+              init_from: Path | None = typer.Option(None, help="Continue training this saved tiny model."),
               steps: int = typer.Option(1500, min=1, help="Optimizer steps (the cosine schedule spans them)."),
               batch_size: int = typer.Option(16, min=1, help="Sequences per step."),
               learning_rate: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
@@ -65,7 +66,8 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
         raise fail("`ctxext init-tiny` needs the trainer extra: pip install 'ctxext[trainer]'")
     from ctxext_trainer.tiny.base import PASS_BAR, BaseTrainingConfig, train_base
 
-    cfg = BaseTrainingConfig(seed=seed, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+    cfg = BaseTrainingConfig(seed=seed, init_from=str(init_from) if init_from else None, steps=steps,
+                             batch_size=batch_size, learning_rate=learning_rate,
                              answer_weight=answer_weight, stop_accuracy=stop_accuracy)
     metrics = train_base(directory, cfg, log=console.print)
     console.print(f"saved {directory}: passkey@{cfg.original_length} {metrics['passkeyAccuracy']:.3f}, "

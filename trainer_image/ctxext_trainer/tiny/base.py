@@ -36,6 +36,8 @@ class BaseTrainingConfig:
 
     seed: int = 0
     """Seed of the weights, the data order and the passkey samples."""
+    init_from: str | None = None
+    """Continue from this saved tiny model instead of fresh weights (a second training phase)."""
     original_length: int = 128
     """L0: the longest training length and the model's max_position_embeddings."""
     min_len: int = 112
@@ -84,6 +86,10 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     pools = passkey_pools(tok, train_docs)
     held = TokenStream.from_documents(held_docs, tok.encode).windows_in_order(cfg.original_length, 64)
     model = new_tiny_model(cfg.seed, original_length=cfg.original_length)
+    if cfg.init_from:
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
 
     cooldown_from: int | None = None
@@ -144,7 +150,8 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
 def command_of(cfg: BaseTrainingConfig) -> str:
     """The `ctxext init-tiny` command line that trains this config."""
     stop = f" --stop-accuracy {cfg.stop_accuracy:g}" if cfg.stop_accuracy is not None else ""
-    return (f"OMP_NUM_THREADS=1 ctxext init-tiny DIR --seed {cfg.seed} --steps {cfg.steps} "
+    init = f" --init-from {cfg.init_from}" if cfg.init_from else ""
+    return (f"OMP_NUM_THREADS=1 ctxext init-tiny DIR{init} --seed {cfg.seed} --steps {cfg.steps} "
             f"--batch-size {cfg.batch_size} --lr {cfg.learning_rate:g} --answer-weight {cfg.answer_weight:g}{stop}")
 
 
@@ -172,5 +179,6 @@ def training_note(cfg: BaseTrainingConfig, metrics: dict[str, float | int]) -> s
         f"{metrics['passkeyAccuracy']:.3f} |",
         f"| held-out perplexity at {cfg.original_length} (bytes) | {metrics['heldOutPerplexity']:.3f} |",
         f"| wall time (this machine, 1 thread) | {metrics['wallSeconds']:.0f} s |", "",
-        "A test (tests/e2e/test_local_run_init_tiny.py, marked slow) reruns the command and checks the bar "
-        f"(passkey accuracy at {cfg.original_length} >= {PASS_BAR}).", ""])
+        "A test (tests/e2e/test_local_run_init_tiny.py, marked slow) reruns the command and checks that the new "
+        f"model retrieves at {cfg.original_length} at least as well as this one did (its recorded accuracy less "
+        f"0.1, capped at the bar {PASS_BAR}).", ""])
