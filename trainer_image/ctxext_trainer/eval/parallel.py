@@ -35,9 +35,12 @@ def shard(items: Sequence[T], *, rank: int, world_size: int, batch: int) -> list
 
     >>> [[i for i, _ in b] for b in shard("abcde", rank=1, world_size=2, batch=2)]
     [[1, 3], [-1, -1]]
+    >>> [[i for i, _ in b] for b in shard("abc", rank=0, world_size=1, batch=16)]  # batch capped at 3
+    [[0, 1, 2]]
     """
     if not items:
         return []
+    batch = max(1, min(batch, -(-len(items) // world_size)))  # never more padding than one short round
     per_round = world_size * batch
     total = -(-len(items) // per_round) * per_round
     indexed = [(i if i < len(items) else -1, items[i] if i < len(items) else items[0]) for i in range(total)]
