@@ -73,7 +73,8 @@ def release_held_ranks(prom: Prometheus, hold_dir: Path, released: set[str]) -> 
         if stage in released:
             continue
         since = float(held.read_text())
-        scraped = prom.query('timestamp(up{job="ctxext-trainer"} == 1)')
+        # timestamp() of a plain selector is the scrape's own time (of `up == 1` it would be "now").
+        scraped = prom.query('timestamp(up{job="ctxext-trainer"}) and up{job="ctxext-trainer"} == 1')
         if scraped and float(scraped[0]["value"][1]) > since:
             (hold_dir / f"release-{stage}").touch()
             released.add(stage)
