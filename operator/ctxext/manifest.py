@@ -65,6 +65,19 @@ def read_manifest_text(path: str | Path) -> str:
         raise SpecError([("", f"cannot read {p}: {exc.strerror or exc}")]) from None
 
 
+def drop_nulls(node: Any) -> Any:
+    """Remove ``key: null`` entries, as the API server does for non-nullable fields before defaulting.
+
+    >>> drop_nulls({"a": None, "b": {"c": None, "d": 1}, "e": [None, {"f": None}]})
+    {'b': {'d': 1}, 'e': [None, {}]}
+    """
+    if isinstance(node, dict):
+        return {k: drop_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [drop_nulls(v) for v in node]
+    return node
+
+
 def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob:
     """Validate one parsed object as a ContextExtensionJob (schema and cross-field rules)."""
     if not isinstance(obj, dict):
@@ -76,7 +89,7 @@ def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob
     try:
         # Strict, through JSON, like the API server: "65536" is not an integer, 5.0 is not an integer,
         # but enum values arrive as strings. YAML-only types (dates) are passed on as strings.
-        job = ContextExtensionJob.model_validate_json(json.dumps(obj, default=str), strict=True)
+        job = ContextExtensionJob.model_validate_json(json.dumps(drop_nulls(obj), default=str), strict=True)
     except ValidationError as exc:
         raise from_validation_error(exc) from None
     except RecursionError:

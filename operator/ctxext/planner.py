@@ -128,6 +128,10 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
     warnings: list[str] = []
     if spec.data.source.startswith("builtin://") and on_gpu:
         warnings.append(f"spec.data.source is {spec.data.source}, a small demo corpus: set spec.data for real training")
+    arch = info.architecture
+    if arch is not None and arch.num_key_value_heads and arch.num_attention_heads % arch.num_key_value_heads:
+        raise SpecError([("spec.model.architecture.numKeyValueHeads", f"numKeyValueHeads ({arch.num_key_value_heads}) "
+                          f"must divide numAttentionHeads ({arch.num_attention_heads})")])
     if info.architecture is None:
         warnings.append("no model architecture known (spec.model.architecture or config.json): memory not estimated")
 

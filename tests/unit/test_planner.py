@@ -123,3 +123,16 @@ def test_tiny_cpu_example_plans_two_stages_on_cpu():
     assert [s.seq_len for s in plan.stages] == [256, 512]
     assert plan.stages[-1].seq_len >= 4 * plan.original_context_length
     assert all(s.gpus_per_node == 0 and s.world_size == 2 for s in plan.stages)
+
+
+def test_kv_heads_must_divide_attention_heads():
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.model.architecture.numKeyValueHeads", 3)
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.model.architecture.numKeyValueHeads"
+
+
+def test_nulls_are_dropped_like_the_api_server():
+    obj = with_path(minimal(curriculum={"stageDefaults": {"batchSize": None}}), "spec.model.headDim", None)
+    plan = plan_of(obj)
+    assert plan.stages[0].batch_size == 1
