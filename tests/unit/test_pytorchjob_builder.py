@@ -146,3 +146,9 @@ def test_hf_source_mounts_the_cache_claim_offline():
 def test_builder_is_pure_and_deterministic():
     job = gpu_job()
     assert build(job, 2) == build(job, 2)
+
+
+
+def test_pods_keep_metrics_up_for_the_final_scrape():
+    env = env_of(build(gpu_job()))
+    assert float(env["CTXEXT_METRICS_LINGER_SECONDS"]) >= 30  # two 15 s scrape intervals

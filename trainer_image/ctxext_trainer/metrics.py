@@ -17,6 +17,7 @@ import logging
 import math
 import resource
 import sys
+import time
 from typing import Any
 
 import torch
@@ -78,8 +79,13 @@ class TrainerMetrics:
             return None
         return port
 
-    def close(self) -> None:
+    def close(self, linger_seconds: float = 0.0) -> None:
+        """Stop serving, after ``linger_seconds`` so that Prometheus scrapes the final values (the
+        evaluation gauges are set only at the very end of a stage)."""
         if self.server is not None:
+            if linger_seconds > 0:
+                log.info("serving final metrics for %.0f s before exit", linger_seconds)
+                time.sleep(linger_seconds)
             self.server.shutdown()
             self.server = None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -41,6 +42,10 @@ from ctxext_trainer.tokenizer import load_tokenizer
 from ctxext_trainer.train_loop import LoopParts, LoopState, checkpoint_root, run_steps
 
 log = logging.getLogger(__name__)
+
+#: Seconds to keep /metrics up after a stage ends (the operator sets it in pods so that the final
+#: evaluation gauges get scraped); 0 locally.
+METRICS_LINGER_ENV = "CTXEXT_METRICS_LINGER_SECONDS"
 
 
 def _set_lr_after_resume(engine: Any, config: StageConfig, step: int) -> None:
@@ -121,6 +126,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         _set_lr_after_resume(engine, config, state.step)
         log.info("resumed from %s", state.checkpoint)
     metrics = TrainerMetrics(config, topo.rank)
+    linger = 0.0
     metrics.serve(config.metrics_port + topo.local_rank if config.metrics_port else 0)
     reporter = StatusReporter(config, is_rank0=topo.is_rank0)
     try:
@@ -154,9 +160,11 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
             reporter.progress(step=state.step, loss=state.last_loss, tokens_per_second=None, force=True)
             reporter.result(result.to_wire())
             log.info("stage %d %s%s", config.stage, status, f": {reason}" if reason else "")
+        if not state.preempted:  # a preempted pod has a short grace period: leave at once
+            linger = float(os.environ.get(METRICS_LINGER_ENV, "0") or 0)
         return rc
     finally:
-        metrics.close()
+        metrics.close(linger)
 
 
 def run_stage(config: StageConfig) -> int:

@@ -99,6 +99,8 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
     env = [
         {"name": ENV_VAR, "value": stage_config.dumps()},
         {"name": "OMP_NUM_THREADS", "value": _omp_threads(spec.resources.cpu, planned.processes_per_node)},
+        # Keep /metrics up for two scrape intervals after the stage so the final evaluation is scraped.
+        {"name": "CTXEXT_METRICS_LINGER_SECONDS", "value": "60"},
         *storage.env,
         *({"name": e.name, "value": e.value} for e in spec.env),
     ]

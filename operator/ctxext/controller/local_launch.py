@@ -16,6 +16,7 @@ every environment value and stage-config string under P is rewritten the same wa
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ def replica_processes(job: dict[str, Any], root: Path, master_port: int) -> list
                     env[e["name"]] = (_stage_config(e["value"], mounts, root) if e["name"] == ENV_VAR
                                       else _rewrite(e["value"], mounts))
             env.update({
+                # Nothing scrapes on a schedule here; don't hold the stage open for a scraper.
+                "CTXEXT_METRICS_LINGER_SECONDS": os.environ.get("CTXEXT_METRICS_LINGER_SECONDS", "0"),
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port), "WORLD_SIZE": str(nodes),
                 "RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port),
                 "PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
