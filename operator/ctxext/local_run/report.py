@@ -92,10 +92,16 @@ def checks(baseline: dict[str, Any], final: dict[str, Any], *, original: int, lo
     return out
 
 
+def run_lengths(plan: Plan, evaluation_lengths: list[int] | None = None) -> list[int]:
+    """L0, every stage length and any evaluation.lengths: where the base model and the report are measured."""
+    return sorted({plan.original_context_length, *(s.seq_len for s in plan.stages), *(evaluation_lengths or [])})
+
+
 def build_report(*, job_name: str, plan: Plan, baseline: dict[str, Any], results: list[StageResult],
-                 status: str, wall_seconds: float, model_path: str | None) -> dict[str, Any]:
-    """report.json's content."""
-    lengths = sorted({plan.original_context_length, *(s.seq_len for s in plan.stages)})
+                 status: str, wall_seconds: float, model_path: str | None,
+                 lengths: list[int] | None = None) -> dict[str, Any]:
+    """report.json's content (``lengths``: default :func:`run_lengths` of the plan)."""
+    lengths = lengths or run_lengths(plan)
     stages = [stage_entry(r) for r in results]
     base = {"ropeTheta": plan.base_rope_theta, **_metrics(baseline), "plots": list(baseline.get("plots") or [])}
     final = stages[-1] if stages and status == "Succeeded" else {}

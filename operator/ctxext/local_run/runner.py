@@ -29,7 +29,7 @@ from ctxext.gates import all_passed, evaluate_gates, failed_summary
 from ctxext.local_run.display import StageBars, checks_table, summary_table
 from ctxext.local_run.layout import Workdir, base_model_dir, local_stage_config, world_size, write_stage_config
 from ctxext.local_run.progress import RunMetrics, read_progress
-from ctxext.local_run.report import build_report, write_report_md
+from ctxext.local_run.report import build_report, run_lengths, write_report_md
 from ctxext.planner import Plan
 from ctxext.results import RESULT_FILE, StageResult, write_result
 
@@ -94,7 +94,7 @@ class LocalRun:
             return dict(json.loads(self.wd.baseline_file.read_text()))
         if not self.job.spec.evaluation.enabled:
             return {}
-        lengths = sorted({self.plan.original_context_length, *(s.seq_len for s in self.plan.stages)})
+        lengths = run_lengths(self.plan, self.job.spec.evaluation.lengths)
         config = local_stage_config(self.job, self.plan, self.wd, 1, metrics_port=0)
         config = config.model_copy(update={"eval_lengths": lengths, "output_dir": str(self.wd.baseline_dir),
                                            "rope_theta": self.plan.base_rope_theta or config.rope_theta})
@@ -197,6 +197,7 @@ class LocalRun:
             shutil.copytree(final, self.wd.final_model)
             model = str(self.wd.final_model)
         report = build_report(job_name=self.name, plan=self.plan, baseline=baseline, results=results,
+                              lengths=run_lengths(self.plan, self.job.spec.evaluation.lengths),
                               status=status, wall_seconds=time.monotonic() - self.started, model_path=model)
         if reason:
             report["reason"] = reason
