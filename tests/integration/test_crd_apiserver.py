@@ -4,9 +4,9 @@ import copy
 import json
 
 import pytest
-from ctxext.api.base import GROUP, PLURAL, VERSION
 from kubernetes import client, config
 
+from ctxext.api.base import GROUP, PLURAL, VERSION
 from tests.unit.helpers import example, minimal, with_path
 
 pytestmark = pytest.mark.apiserver

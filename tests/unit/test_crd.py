@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import yaml
+
 from ctxext.api.crd import crd, crd_yaml
 
 ROOT = Path(__file__).resolve().parents[2]

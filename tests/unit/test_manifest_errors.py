@@ -5,9 +5,9 @@ import sys
 
 import pytest
 import yaml
-from ctxext.cli.main import app
 from typer.testing import CliRunner
 
+from ctxext.cli.main import app
 from tests.unit.helpers import DELETE, example, minimal, with_path
 
 runner = CliRunner()

@@ -1,8 +1,9 @@
 import re
 
-from ctxext.naming import MAX_JOB_NAME, pytorchjob_name
 from hypothesis import given
 from hypothesis import strategies as st
+
+from ctxext.naming import MAX_JOB_NAME, pytorchjob_name
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 names = st.from_regex(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True)

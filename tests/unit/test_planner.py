@@ -3,10 +3,10 @@
 import json
 
 import pytest
+
 from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum, stage_lengths
-
 from tests.unit.helpers import example, minimal, with_path
 
 

@@ -2,12 +2,12 @@
 
 import itertools
 
-from ctxext.errors import SpecError
-from ctxext.manifest import job_from_object
-from ctxext.planner import plan_curriculum, stage_lengths
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from ctxext.errors import SpecError
+from ctxext.manifest import job_from_object
+from ctxext.planner import plan_curriculum, stage_lengths
 from tests.unit.helpers import minimal
 
 

@@ -5,6 +5,7 @@ import itertools
 import math
 
 import pytest
+
 from ctxext import memory, naming, planner, theta
 from ctxext.theta import (
     MAX_ROPE_THETA,
