@@ -23,7 +23,7 @@ TARGET = "ctxext_trainer.metrics"
 
 
 def _hold(close: Any) -> Any:
-    def held_close(self: Any) -> None:
+    def held_close(self: Any, *args: Any, **kwargs: Any) -> None:
         hold_dir = Path(os.environ["CTXEXT_TEST_HOLD_DIR"])
         stage, rank = self.labels["stage"], self.labels["rank"]
         tmp = hold_dir / f".held-{stage}-{rank}.tmp"
@@ -32,7 +32,7 @@ def _hold(close: Any) -> Any:
         deadline = time.monotonic() + 180
         while not (hold_dir / f"release-{stage}").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
-        close(self)
+        close(self, *args, **kwargs)
 
     return held_close
 
