@@ -221,7 +221,26 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def emit_json(bench: str, payload: dict[str, Any]) -> None:
+def json_line(bench: str, payload: dict[str, Any]) -> str:
     """The one machine-readable line, a JSON object ``{"bench": ..., "machine": {...}, ...}`` (NaN → null)."""
-    print(json.dumps(_clean({"bench": bench, "machine": machine(), **payload}), sort_keys=True),
-          flush=True)
+    return json.dumps(_clean({"bench": bench, "machine": machine(), **payload}), sort_keys=True)
+
+
+def _write_line(path: str | Path, line: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(line + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a line
+
+
+def write_json(path: str | Path, bench: str, payload: dict[str, Any]) -> None:
+    """:func:`json_line` into the file ``path`` (replaced atomically)."""
+    _write_line(path, json_line(bench, payload))
+
+
+def emit_json(bench: str, payload: dict[str, Any], path: str | Path | None = None) -> None:
+    """Print :func:`json_line` on stdout (the last line of every benchmark); also write it to ``path`` if given."""
+    line = json_line(bench, payload)
+    if path is not None:
+        _write_line(path, line)
+    print(line, flush=True)

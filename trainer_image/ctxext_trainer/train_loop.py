@@ -88,6 +88,14 @@ def _preempted(parts: LoopParts, step_no: int) -> bool:
     return bool(flag.item() > 0)
 
 
+def peak_device_memory(device: str) -> dict[str, int]:
+    """``{"maxMemoryAllocated": bytes}``, this process's peak CUDA allocation so far, for the step log
+    (a cheap allocator-statistics read); ``{}`` off CUDA."""
+    if device != "cuda" or not torch.cuda.is_available():
+        return {}
+    return {"maxMemoryAllocated": int(torch.cuda.max_memory_allocated())}
+
+
 def _log_step(config: StageConfig, record: dict[str, Any]) -> None:
     path = Path(config.output_dir) / "train_log.jsonl"
     with path.open("a") as fh:
@@ -151,7 +159,8 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
             _log_step(config, {"step": step_no, "loss": loss_value, "gradNorm": stats.grad_norm, "lr": lr,
                                "seqLen": int(batches[0]["input_ids"].shape[1]) * topo.sp_size,
                                "seconds": round(seconds, 4), "cpuSeconds": round(cpu_seconds, 4),
-                               "maxLayer": stats.max_layer[0], "updateRatio": ratio})
+                               "maxLayer": stats.max_layer[0], "updateRatio": ratio,
+                               **peak_device_memory(config.device)})
             log.info("step %d/%d loss %.4f grad_norm %.3g lr %.3g %.0f tok/s", step_no, config.steps, loss_value,
                      stats.grad_norm, lr, tps)
         if stop is not None:

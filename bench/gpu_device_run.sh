@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# One-shot bench/gpu_throughput.py on a bare GPU machine: python3 with torch, transformers,
+# accelerate, safetensors, numpy, psutil, ... but without deepspeed, pydantic or hjson, no
+# internet, and this repository copied but not installed.
+#
+#   bash bench/gpu_device_run.sh                # in the repository root, with .whl/ beside it
+#
+# .whl/ (git-ignored, carried to the machine) holds the wheels the trainer path needs and the
+# machine lacks: deepspeed 0.19.8 (pure Python, built here with no ops), pydantic + pydantic-core
+# (cp312), annotated-types, typing-inspection, typing-extensions, hjson. They are installed with
+# --no-deps into $SITE, which goes first on PYTHONPATH with operator/ and trainer_image/ (the two
+# import packages' roots, see pyproject.toml); gpu_throughput.py passes the same to its cells.
+# .whl/fallback/ holds wheels installed only when the machine cannot import them already
+# (setuptools: torch's cpp_extension, which DeepSpeed imports, needs it; Python 3.12 has no distutils).
+#
+# Left in $OUT: gpu_throughput.log (everything printed), gpu_throughput.json (the result line,
+# rewritten after every cell, so a run killed from outside still leaves the finished cells),
+# cell_logs.tgz (each cell's own output). Exit code: the benchmark's (0 = every cell ok).
+#
+# Knobs (environment): OUT (default /tmp/gpu-out), PYTHON (python3), WHEELS (.whl), SITE
+# (/tmp/site), BUDGET_SECONDS (300, the benchmark's whole-run budget), BENCH_ARGS (replaces the
+# default arguments below; used for the CPU rehearsal with --smoke-cpu).
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+
+PY=${PYTHON:-python3}
+WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/site}
+OUT=${OUT:-/tmp/gpu-out}
+BUDGET=${BUDGET_SECONDS:-300}
+CELL_LOGS=$(mktemp -d /tmp/gpu-cell-logs.XXXXXX)
+mkdir -p "$OUT"
+DEFAULT_ARGS="--lengths 16384,32768,65536 --steps 3 --warmup 1 --timeout 180 --plain-timeout 100"
+read -r -a BENCH <<<"${BENCH_ARGS:-$DEFAULT_ARGS}"
+
+install_wheels() {
+    rm -rf "$SITE" && mkdir -p "$SITE"
+    shopt -s nullglob
+    local wheels=("$WHEELS"/*.whl) wheel module
+    for wheel in "$WHEELS"/fallback/*.whl; do
+        module=${wheel##*/} && module=${module%%-*}
+        if "$PY" -c "import $module" 2>/dev/null; then
+            echo "fallback ${wheel##*/}: not needed, $module is importable"
+        else
+            wheels+=("$wheel")
+        fi
+    done
+    shopt -u nullglob
+    if ((${#wheels[@]} == 0)); then
+        echo "warning: no wheels in $WHEELS; deepspeed/pydantic must already be importable"
+        return 0
+    fi
+    if "$PY" -m pip --version >/dev/null 2>&1 &&
+        "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir \
+            --upgrade --target "$SITE" "${wheels[@]}"; then
+        echo "installed with pip into $SITE: ${wheels[*]##*/}"
+    else  # no pip (or it refused): a wheel is a zip laid out for site-packages
+        echo "pip unavailable or failed; unzipping the wheels into $SITE"
+        "$PY" - "$SITE" "${wheels[@]}" <<'EOF'
+import sys
+import zipfile
+
+for wheel in sys.argv[2:]:
+    zipfile.ZipFile(wheel).extractall(sys.argv[1])
+    print("  unzipped", wheel)
+EOF
+    fi
+}
+
+preflight() {
+    # Every import the trainer path makes, from where it comes; no CUDA work.
+    "$PY" - <<'EOF'
+import importlib
+import sys
+
+print("python", sys.version.split()[0], sys.executable)
+for name in ("torch", "transformers", "accelerate", "safetensors", "setuptools", "typing_extensions", "pydantic",
+             "pydantic_core", "hjson", "deepspeed", "ctxext", "ctxext_trainer", "flash_attn"):
+    try:
+        module = importlib.import_module(name)
+        print(f"  {name:18} {getattr(module, '__version__', '?'):24} {getattr(module, '__file__', '?')}")
+    except Exception as exc:  # report, don't stop: the benchmark reports per cell
+        print(f"  {name:18} NOT IMPORTABLE: {type(exc).__name__}: {exc}")
+import torch
+
+print("torch.cuda.is_available():", torch.cuda.is_available(), "CUDA", torch.version.cuda,
+      "devices:", torch.cuda.device_count())
+try:
+    import ctxext_trainer.stage  # noqa: F401  (pulls in deepspeed, the ctxext API, prometheus_client)
+
+    print("import ctxext_trainer.stage: ok")
+except Exception as exc:
+    print(f"import ctxext_trainer.stage FAILED: {type(exc).__name__}: {exc}")
+EOF
+}
+
+main() {
+    echo "== $(date -u +%FT%TZ) $(hostname) $(getconf _NPROCESSORS_ONLN) CPUs; git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+    nvidia-smi || echo "(no nvidia-smi)"
+    nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,power.limit,driver_version --format=csv 2>/dev/null
+    free -g 2>/dev/null
+    df -h /dev/shm /tmp 2>/dev/null
+    echo "== wheels"
+    ls -l "$WHEELS" 2>/dev/null
+    install_wheels
+    export PYTHONPATH="$SITE:$PWD/operator:$PWD/trainer_image${PYTHONPATH:+:$PYTHONPATH}"
+    export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+    export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=${HF_HOME:-/tmp/hf-home}
+    export DS_BUILD_OPS=0 DS_SKIP_CUDA_CHECK=1
+    echo "PYTHONPATH=$PYTHONPATH"
+    echo "== preflight"
+    preflight
+    echo "== bench/gpu_throughput.py ${BENCH[*]} --budget-seconds $BUDGET"
+    local rc=0
+    "$PY" bench/gpu_throughput.py "${BENCH[@]}" --budget-seconds "$BUDGET" \
+        --json-out "$OUT/gpu_throughput.json" --log-dir "$CELL_LOGS" || rc=$?
+    echo "== gpu_throughput.py exit code $rc at $(date -u +%FT%TZ)"
+    return "$rc"
+}
+
+main 2>&1 | tee "$OUT/gpu_throughput.log"
+rc=${PIPESTATUS[0]}
+tar -czf "$OUT/cell_logs.tgz" -C "$CELL_LOGS" . 2>/dev/null || true
+rm -rf "$CELL_LOGS"
+exit "$rc"
