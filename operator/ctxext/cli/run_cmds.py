@@ -57,6 +57,10 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
               batch_size: int = typer.Option(16, min=1, help="Sequences per step."),
               learning_rate: float = typer.Option(2e-3, "--lr", min=0.0, help="Peak learning rate."),
               answer_weight: float = typer.Option(1.0, min=0.0, help="Loss weight of passkey answer tokens."),
+              passkey_ratio: float = typer.Option(0.5, min=0.0, max=1.0, help="Fraction of each batch that is "
+                                                  "passkey samples (the rest is corpus text)."),
+              theta_jitter: str | None = typer.Option(None, metavar="LO,HI", help="Train each step with a RoPE "
+                                                      "theta drawn log-uniformly from [LO, HI] (saved with 10000)."),
               stop_accuracy: float | None = typer.Option(None, help="Stop (after a cool-down) once a progress "
                                                          "check reaches this passkey accuracy at 128."),
               ) -> None:
@@ -67,14 +71,32 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
     from ctxext_trainer.tiny.base import PASS_BAR, BaseTrainingConfig, train_base
 
     cfg = BaseTrainingConfig(seed=seed, init_from=str(init_from) if init_from else None, steps=steps,
-                             batch_size=batch_size, learning_rate=learning_rate,
-                             answer_weight=answer_weight, stop_accuracy=stop_accuracy)
+                             batch_size=batch_size, learning_rate=learning_rate, passkey_ratio=passkey_ratio,
+                             answer_weight=answer_weight, stop_accuracy=stop_accuracy,
+                             theta_jitter=_theta_range(theta_jitter))
     metrics = train_base(directory, cfg, log=console.print)
     console.print(f"saved {directory}: passkey@{cfg.original_length} {metrics['passkeyAccuracy']:.3f}, "
                   f"held-out perplexity {metrics['heldOutPerplexity']:.3f}, {metrics['wallSeconds']:.0f}s")
     if float(metrics["passkeyAccuracy"]) < PASS_BAR:
         raise fail(f"passkey accuracy {metrics['passkeyAccuracy']:.3f} at {cfg.original_length} is below "
                    f"{PASS_BAR}; train longer (--steps) or try another --seed", code=1)
+
+
+def _theta_range(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` → (LO, HI), positive and increasing; a clear error otherwise.
+
+    >>> _theta_range("1e4,1e6"), _theta_range(None)
+    ((10000.0, 1000000.0), None)
+    """
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise fail(f"--theta-jitter must be two numbers LO,HI (e.g. 1e4,1e6), got {text!r}") from None
+    if not (0 < lo <= hi < float("inf")):
+        raise fail(f"--theta-jitter needs 0 < LO <= HI, got {text!r}")
+    return lo, hi
 
 
 def register(app: typer.Typer) -> None:

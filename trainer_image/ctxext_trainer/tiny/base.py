@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ctxext_trainer.rope import set_rope_theta
 from ctxext_trainer.tiny.data import IGNORE, TokenStream, corpus_documents, passkey_pools, passkey_row, split_documents
 from ctxext_trainer.tiny.model import new_tiny_model, passkey_accuracy, save_tiny, text_perplexity
 from ctxext_trainer.tokenizer import ByteTokenizer
@@ -63,6 +64,13 @@ class BaseTrainingConfig:
     """Steps between progress checks (passkey accuracy at L0 on 50 samples)."""
     check_samples: int = 200
     """Samples in the final check at L0."""
+    theta_jitter: tuple[float, float] | None = None
+    """When set (lo, hi): each step trains with a RoPE theta drawn log-uniformly from [lo, hi] (its own
+    seeded stream; checks and the saved model use ``base_theta``). A tiny base trained at one theta
+    learns a retrieval tied to exact RoPE phases that any theta change erases (measured: passkey at 128
+    1.00 at theta 10000, 0.00 at 12000); jitter makes it match on content, as large pretrained models do."""
+    base_theta: float = 10000.0
+    """The RoPE theta of the saved model."""
 
 
 def weighted_loss(logits: torch.Tensor, labels: torch.Tensor, answer_at: list[int], weight: float) -> torch.Tensor:
@@ -107,6 +115,12 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
         return cfg.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
     rng = random.Random(cfg.seed)
+    theta_rng = random.Random(f"theta-jitter:{cfg.seed}")
+
+    def use_theta(theta: float) -> None:
+        if cfg.theta_jitter is not None:
+            set_rope_theta(model, theta, cfg.original_length)
+
     n_pk = round(cfg.batch_size * cfg.passkey_ratio)
     started, loss_sum = time.monotonic(), 0.0
     model.train()
@@ -119,6 +133,9 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
         labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
+        if cfg.theta_jitter is not None:
+            lo, hi = cfg.theta_jitter
+            use_theta(math.exp(theta_rng.uniform(math.log(lo), math.log(hi))))
         loss = weighted_loss(model(input_ids=ids).logits, labels, [r[2] for r in rows], cfg.answer_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -127,6 +144,7 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
         loss_sum += float(loss.detach())
         step += 1
         if step % cfg.eval_every == 0 and cooldown_from is None:
+            use_theta(cfg.base_theta)
             acc = passkey_accuracy(model, length=cfg.original_length, samples=50, seed=CHECK_SEED + step)
             log(f"step {step}/{end} loss {loss_sum / cfg.eval_every:.3f} passkey@{cfg.original_length} "
                 f"{acc:.2f} ({time.monotonic() - started:.0f}s)")
@@ -134,6 +152,7 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
             if cfg.stop_accuracy is not None and acc >= cfg.stop_accuracy:
                 cooldown_from, end = step, min(cfg.steps, step + cfg.cooldown_steps)
                 log(f"passkey solved at step {step}: {cfg.cooldown_steps} cool-down steps, then stop")
+    use_theta(cfg.base_theta)
     metrics: dict[str, float | int] = {
         "passkeyAccuracy": passkey_accuracy(model, length=cfg.original_length, samples=cfg.check_samples,
                                             seed=CHECK_SEED),
@@ -151,8 +170,10 @@ def command_of(cfg: BaseTrainingConfig) -> str:
     """The `ctxext init-tiny` command line that trains this config."""
     stop = f" --stop-accuracy {cfg.stop_accuracy:g}" if cfg.stop_accuracy is not None else ""
     init = f" --init-from {cfg.init_from}" if cfg.init_from else ""
+    jitter = f" --theta-jitter {cfg.theta_jitter[0]:g},{cfg.theta_jitter[1]:g}" if cfg.theta_jitter else ""
     return (f"OMP_NUM_THREADS=1 ctxext init-tiny DIR{init} --seed {cfg.seed} --steps {cfg.steps} "
-            f"--batch-size {cfg.batch_size} --lr {cfg.learning_rate:g} --answer-weight {cfg.answer_weight:g}{stop}")
+            f"--batch-size {cfg.batch_size} --lr {cfg.learning_rate:g} --passkey-ratio {cfg.passkey_ratio:g} "
+            f"--answer-weight {cfg.answer_weight:g}{jitter}{stop}")
 
 
 def training_note(cfg: BaseTrainingConfig, metrics: dict[str, float | int]) -> str:
@@ -167,7 +188,9 @@ def training_note(cfg: BaseTrainingConfig, metrics: dict[str, float | int]) -> s
         "20th document held out) and passkey samples in the evaluation's prompt format "
         f"({cfg.passkey_ratio:.0%} of each batch, the key at a uniform random depth, half on the classic filler "
         f"and half on corpus sentences); each step's length uniform in [{cfg.min_len}, {cfg.original_length}]. "
-        f"AdamW (0.9, 0.95), weight decay 0.01, {cfg.warmup_steps} warm-up steps, cosine decay to 10% over "
+        + (f"RoPE theta drawn per step log-uniformly from [{cfg.theta_jitter[0]:g}, {cfg.theta_jitter[1]:g}] "
+           f"(saved with theta {cfg.base_theta:g}). " if cfg.theta_jitter else "")
+        + f"AdamW (0.9, 0.95), weight decay 0.01, {cfg.warmup_steps} warm-up steps, cosine decay to 10% over "
         f"{cfg.steps} steps"
         + (f", stopping {cfg.cooldown_steps} cool-down steps after a progress check (50 samples) reached "
            f"{cfg.stop_accuracy:g}." if cfg.stop_accuracy is not None else "."), "",
