@@ -244,3 +244,23 @@ def emit_json(bench: str, payload: dict[str, Any], path: str | Path | None = Non
     if path is not None:
         _write_line(path, line)
     print(line, flush=True)
+
+
+# -- fits (pure) ----------------------------------------------------------------------------------------
+def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """(a, b) of y ≈ a·x^b by least squares on log y = log a + b·log x (≥ 2 distinct x, all values > 0).
+
+    >>> a, b = fit_power_law([1024, 4096, 16384], [3.0 * x**1.5 for x in (1024, 4096, 16384)])
+    >>> round(a, 6), round(b, 6)
+    (3.0, 1.5)
+    """
+    if len(xs) != len(ys):
+        raise ValueError(f"fit_power_law: {len(xs)} x values but {len(ys)} y values")
+    if any(v <= 0 for v in (*xs, *ys)):
+        raise ValueError("fit_power_law: every x and y must be > 0")
+    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
+    if len(set(lx)) < 2:
+        raise ValueError("fit_power_law: needs at least 2 distinct x values")
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    b = sum((u - mx) * (v - my) for u, v in zip(lx, ly, strict=True)) / sum((u - mx) ** 2 for u in lx)
+    return math.exp(my - b * mx), b
