@@ -164,6 +164,9 @@ class LocalRun:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run like Ctrl-C: checkpoint, then exit
+        # Explicitly, too: a process started in the background by a non-interactive shell inherits SIGINT
+        # ignored, and Python then installs no KeyboardInterrupt handler, so `kill -INT` did nothing.
+        signal.signal(signal.SIGINT, _interrupt)
         self.wd.claim(self.job)
         self.metrics.serve(self.opts.metrics_port)
         self.metrics.on_stage(0, 0)
