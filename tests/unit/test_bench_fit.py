@@ -5,24 +5,13 @@ Pure: nothing is trained or timed here.
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.helpers import load_bench
 
-
-def _load(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:  # the scripts import each other as top-level modules
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module(name)
-
-
-harness = _load("_harness")
+harness = load_bench("_harness")
 
 
 @pytest.mark.parametrize("b", [0.0, 0.5, 1.0, 1.37, 2.0])
@@ -54,7 +43,7 @@ def test_fit_rejects_bad_input(xs, ys):
 
 
 def test_summary_ratios_and_exponents_per_side_and_mode():
-    step = _load("trainer_step")
+    step = load_bench("trainer_step")
 
     def cell(side, n, ckpt, growth, wall=1.0, status="ok"):
         return {"side": side, "seqLen": n, "checkpointing": ckpt, "status": status, "wallSeconds": wall,

@@ -6,24 +6,14 @@ Nothing here times anything; the benchmarks themselves are run by hand (bench/RE
 from __future__ import annotations
 
 import doctest
-import importlib
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+from tests.unit.helpers import load_bench
 
-
-def _load(name: str) -> ModuleType:
-    if str(BENCH) not in sys.path:  # the scripts import each other as top-level modules
-        sys.path.insert(0, str(BENCH))
-    return importlib.import_module(name)
-
-
-harness = _load("_harness")
+harness = load_bench("_harness")
 
 
 def test_percentile_interpolates_like_numpy():
@@ -81,7 +71,7 @@ def test_json_output_has_no_nan():
 
 
 def test_gpu_flops_and_peaks():
-    gpu = _load("gpu_throughput")
+    gpu = load_bench("gpu_throughput")
     total, matmul = gpu.param_counts(gpu.ONE_B_SHAPE)
     assert total == 1_235_814_400  # Llama-3.2-1B shape, tied embeddings
     assert matmul == total  # tied: the embedding is counted once, as the LM head matmul
@@ -96,5 +86,5 @@ def test_gpu_flops_and_peaks():
 
 @pytest.mark.parametrize("name", ["_harness", "gpu_throughput"])
 def test_doctests(name):
-    result = doctest.testmod(_load(name))
+    result = doctest.testmod(load_bench(name))
     assert result.failed == 0 and result.attempted > 0

@@ -93,11 +93,12 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     stream = TokenStream.from_documents(train_docs, tok.encode)
     pools = passkey_pools(tok, train_docs)
     held = TokenStream.from_documents(held_docs, tok.encode).windows_in_order(cfg.original_length, 64)
-    model = new_tiny_model(cfg.seed, original_length=cfg.original_length)
     if cfg.init_from:
         from transformers import LlamaForCausalLM
 
         model = LlamaForCausalLM.from_pretrained(cfg.init_from, local_files_only=True)
+    else:
+        model = new_tiny_model(cfg.seed, original_length=cfg.original_length)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.95), weight_decay=0.01)
 
     cooldown_from: int | None = None
