@@ -68,6 +68,28 @@ def test_synthetic_retrieval_samples_carry_the_answer_at_the_end() -> None:
     assert "special magic number" in TOK.decode(needle.input_ids)
 
 
+def test_filler_haystack_samples_are_the_evaluation_prompt_answered() -> None:
+    docs = [TOK.encode("corpus words that go on and on. " * 20)]
+    data = StageData(docs, eos_id=2, seed=5, seq_len=256, synthetic_ratio=1.0, synthetic_task="passkey",
+                     encode=TOK.encode, synthetic_haystack="filler", tokenizer=TOK)
+    for n in (128, 200, 512):
+        sample = data.next_sequence(n)
+        assert len(sample.input_ids) == len(sample.labels) == n
+        assert sample.labels[:-1] == sample.input_ids[1:] and sample.labels[-1] == -100
+        text = TOK.decode(sample.input_ids)
+        key = text.split("The pass key is ")[1][:5]
+        assert key.isdigit() and text.endswith(f"What is the pass key? The pass key is {key}.")
+        assert "The grass is green." in text and "corpus words" not in text.split("The pass key is")[0][-80:]
+    assert data.next_sequence(64).input_ids != []  # too short for the prompt: plain text instead
+    mixed = StageData(docs, eos_id=2, seed=5, seq_len=256, synthetic_ratio=1.0, synthetic_task="passkey",
+                      encode=TOK.encode, synthetic_haystack="mixed", tokenizer=TOK)
+    kinds = ["The grass is green." in TOK.decode(mixed.next_sequence(256).input_ids) for _ in range(200)]
+    assert 0.35 < sum(kinds) / len(kinds) < 0.65
+    again = StageData(docs, eos_id=2, seed=5, seq_len=256, synthetic_ratio=1.0, synthetic_task="passkey",
+                      encode=TOK.encode, synthetic_haystack="mixed", tokenizer=TOK)
+    assert kinds == ["The grass is green." in TOK.decode(again.next_sequence(256).input_ids) for _ in range(200)]
+
+
 def test_synthetic_ratio_is_respected_and_deterministic() -> None:
     chosen = [is_synthetic(1, i, 0.25) for i in range(4000)]
     assert 0.22 < sum(chosen) / len(chosen) < 0.28

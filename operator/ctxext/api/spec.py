@@ -205,6 +205,14 @@ class RetrievalTask(StrEnum):
     NEEDLE = "needle"
 
 
+class SyntheticHaystack(StrEnum):
+    """What a synthetic retrieval sample hides its fact in."""
+
+    CORPUS = "corpus"
+    FILLER = "filler"
+    MIXED = "mixed"
+
+
 class DataSpec(ApiModel):
     """Training corpus."""
 
@@ -224,6 +232,9 @@ class DataSpec(ApiModel):
     """Fraction of training sequences that carry a synthetic retrieval task at a random depth."""
     synthetic_retrieval_task: RetrievalTask = RetrievalTask.PASSKEY
     """Synthetic retrieval task mixed in: passkey or needle."""
+    synthetic_haystack: SyntheticHaystack = SyntheticHaystack.CORPUS
+    """Haystack of the synthetic samples: corpus (the training text itself), filler (the evaluation's
+    exact prompt on the classic repeated filler, "The grass is green. ..."), or mixed (half each)."""
     validation_fraction: float = Field(default=0.01, ge=0, lt=0.5)
     """Fraction of documents held out for perplexity evaluation."""
 

@@ -15,6 +15,19 @@ the question and its answer, so the loss on the answer teaches retrieval across 
     needle:  "The special magic number for amber-falcon is 7302114."
              ... haystack ... "What is the special magic number for amber-falcon?
              The special magic number for amber-falcon is 7302114."
+
+``data.syntheticHaystack``: ``corpus`` (above: the fact at a random token of the training text),
+``filler`` (the evaluation's own prompt, built by :func:`ctxext_trainer.eval.tasks.build_sample` on
+the classic repeated filler, the fact on a sentence boundary, then the answer), or ``mixed`` (each
+sample picks one from its seed). A filler prompt is shorter than the sequence, so the sequence
+starts with the stream's next text and an ``eos`` before it::
+
+    n = 128:  "...end of a corpus document" EOS " The grass is green. The pass key is 48213. Remember
+              it. 48213 is the pass key. The sky is blue. What is the pass key? The pass key is 48213."
+
+The evaluation scores passkey on the classic filler, so a small model that must learn retrieval
+during the extension learns it on exactly the form it is tested on (measured on the tiny demo model:
+retrieval learned on corpus haystacks carried only partly to the filler, 0.17 vs 0.24 at 512).
 """
 
 from __future__ import annotations
@@ -23,6 +36,9 @@ import random
 from collections.abc import Callable
 
 from ctxext_trainer.data.packing import PackedSequence, TokenStream
+from ctxext_trainer.eval.haystack import SentencePool
+from ctxext_trainer.eval.tasks import PromptTooLong, build_sample
+from ctxext_trainer.tokenizer import Tokenizer
 
 WORDS = ("amber", "falcon", "river", "cobalt", "maple", "quartz", "harbor", "willow", "ember", "summit",
          "lantern", "meadow", "cedar", "orbit", "velvet", "canyon")
@@ -71,9 +87,18 @@ def is_synthetic(seed: int, sequence_number: int, ratio: float) -> bool:
 
 
 def synthetic_sequence(stream: TokenStream, n: int, *, task: str, seed: int, sequence_number: int,
-                       encode: Callable[[str], list[int]]) -> PackedSequence | None:
-    """A retrieval sample of ``n`` tokens built on the stream's next tokens; None if it cannot fit."""
+                       encode: Callable[[str], list[int]], haystack: str = "corpus",
+                       tokenizer: Tokenizer | None = None, filler: SentencePool | None = None
+                       ) -> PackedSequence | None:
+    """A retrieval sample of ``n`` tokens built on the stream's next tokens; None if it cannot fit.
+
+    ``haystack`` "filler" and "mixed" need ``tokenizer`` (and reuse ``filler``, the classic pool)."""
     rng = random.Random(f"ctxext-synth-sample:{seed}:{sequence_number}")
+    if haystack == "filler" or (haystack == "mixed" and rng.random() < 0.5):
+        if tokenizer is None:
+            raise ValueError("a filler haystack needs the tokenizer")
+        return filler_sequence(stream, n, task=task, rng=rng, tokenizer=tokenizer,
+                               pool=filler or SentencePool.classic(tokenizer.encode))
     fact, question, answer = (encode(t) for t in retrieval_texts(task, rng))
     filler_len = n - len(fact) - len(question) - len(answer)
     if filler_len < 1:
@@ -81,4 +106,19 @@ def synthetic_sequence(stream: TokenStream, n: int, *, task: str, seed: int, seq
     haystack = stream.take(filler_len)
     depth = rng.randint(0, filler_len)
     tokens = haystack[:depth] + fact + haystack[depth:] + question + answer
+    return PackedSequence(input_ids=tokens, labels=[*tokens[1:], -100])
+
+
+def filler_sequence(stream: TokenStream, n: int, *, task: str, rng: random.Random, tokenizer: Tokenizer,
+                    pool: SentencePool) -> PackedSequence | None:
+    """The evaluation's prompt for ``task`` on the classic filler, answered, after the stream's next
+    tokens and an ``eos``, ``n`` tokens in all; None when the prompt cannot fit ``n``."""
+    try:
+        sample = build_sample(task, length=n, depth=rng.random(), index=rng.randrange(1 << 30),
+                              seed=rng.randrange(1 << 31), tokenizer=tokenizer, pool=pool)
+    except PromptTooLong:
+        return None
+    body = sample.input_ids + tokenizer.encode(f" {sample.answer}.")
+    lead = n - len(body)  # ≥ 1: the prompt leaves max_new_tokens ≥ len(answer) + 2 free
+    tokens = ([*stream.take(lead - 1), tokenizer.eos_id] if lead > 0 else []) + body[:n]
     return PackedSequence(input_ids=tokens, labels=[*tokens[1:], -100])

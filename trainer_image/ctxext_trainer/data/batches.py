@@ -24,6 +24,7 @@ from ctxext.stage_config import StageConfig
 from ctxext_trainer.data.augment import is_synthetic, split_documents, synthetic_sequence, upsampling_weights
 from ctxext_trainer.data.packing import PackedSequence, StreamState, TokenStream, next_packed
 from ctxext_trainer.data.sources import load_documents
+from ctxext_trainer.eval.haystack import SentencePool
 from ctxext_trainer.tokenizer import Tokenizer
 
 
@@ -62,11 +63,14 @@ class StageData:
 
     def __init__(self, docs: list[list[int]], *, eos_id: int, seed: int, seq_len: int,
                  min_seq_len: int | None = None, upsample_long: bool = False, synthetic_ratio: float = 0.0,
-                 synthetic_task: str = "passkey", encode: Any = None, state: StreamState | None = None):
+                 synthetic_task: str = "passkey", encode: Any = None, state: StreamState | None = None,
+                 synthetic_haystack: str = "corpus", tokenizer: Tokenizer | None = None):
         weights = upsampling_weights([len(d) for d in docs], seq_len) if upsample_long else None
         self.stream = TokenStream(docs, eos_id=eos_id, seed=seed, weights=weights, state=state)
         self.seed, self.seq_len, self.min_seq_len = seed, seq_len, min_seq_len
         self.synthetic_ratio, self.synthetic_task, self.encode = synthetic_ratio, synthetic_task, encode
+        self.synthetic_haystack, self.tokenizer = synthetic_haystack, tokenizer
+        self.filler = SentencePool.classic(tokenizer.encode) if tokenizer is not None else None
 
     @property
     def state(self) -> StreamState:
@@ -81,7 +85,9 @@ class StageData:
         self.stream.state.sequences += 1
         if self.encode is not None and is_synthetic(self.seed, number, self.synthetic_ratio):
             sample = synthetic_sequence(self.stream, n, task=self.synthetic_task, seed=self.seed,
-                                        sequence_number=number, encode=self.encode)
+                                        sequence_number=number, encode=self.encode,
+                                        haystack=self.synthetic_haystack, tokenizer=self.tokenizer,
+                                        filler=self.filler)
             if sample is not None:
                 return sample
         return next_packed(self.stream, n)
@@ -122,4 +128,5 @@ def build_stage_data(config: StageConfig, tokenizer: Tokenizer) -> StageData:
     return StageData(token_docs, eos_id=tokenizer.eos_id, seed=data.seed, seq_len=config.seq_len,
                      min_seq_len=config.min_seq_len, upsample_long=data.long_context_upsampling,
                      synthetic_ratio=data.synthetic_retrieval_ratio,
-                     synthetic_task=str(data.synthetic_retrieval_task), encode=tokenizer.encode)
+                     synthetic_task=str(data.synthetic_retrieval_task), encode=tokenizer.encode,
+                     synthetic_haystack=str(data.synthetic_haystack), tokenizer=tokenizer)
