@@ -103,9 +103,9 @@ def synthetic_sequence(stream: TokenStream, n: int, *, task: str, seed: int, seq
     filler_len = n - len(fact) - len(question) - len(answer)
     if filler_len < 1:
         return None
-    haystack = stream.take(filler_len)
+    text = stream.take(filler_len)
     depth = rng.randint(0, filler_len)
-    tokens = haystack[:depth] + fact + haystack[depth:] + question + answer
+    tokens = text[:depth] + fact + text[depth:] + question + answer
     return PackedSequence(input_ids=tokens, labels=[*tokens[1:], -100])
 
 
