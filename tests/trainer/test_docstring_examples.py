@@ -10,7 +10,7 @@ import pytest
 MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer.data.augment",
            "ctxext_trainer.data.batches", "ctxext_trainer.data.sources", "ctxext_trainer.engine",
            "ctxext_trainer.loss", "ctxext_trainer.grad_stats", "ctxext_trainer.reporting", "ctxext_trainer.launch",
-           "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer"]
+           "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer", "ctxext_trainer.tiny.data"]
 
 
 @pytest.mark.parametrize("name", MODULES)

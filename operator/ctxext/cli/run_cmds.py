@@ -59,6 +59,9 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
               answer_weight: float = typer.Option(1.0, min=0.0, help="Loss weight of passkey answer tokens."),
               passkey_ratio: float = typer.Option(0.5, min=0.0, max=1.0, help="Fraction of each batch that is "
                                                   "passkey samples (the rest is corpus text)."),
+              short_fact_ratio: float = typer.Option(0.0, min=0.0, max=1.0, help="Fraction of the passkey "
+                                                     "samples that state the key once, briefly (varies its "
+                                                     "distance from the question)."),
               theta_jitter: str | None = typer.Option(None, metavar="LO,HI", help="Train each step with a RoPE "
                                                       "theta drawn log-uniformly from [LO, HI] (saved with 10000)."),
               stop_accuracy: float | None = typer.Option(None, help="Stop (after a cool-down) once a progress "
@@ -73,6 +76,7 @@ def init_tiny(directory: Path = typer.Argument(..., help="Output model directory
     cfg = BaseTrainingConfig(seed=seed, init_from=str(init_from) if init_from else None, steps=steps,
                              batch_size=batch_size, learning_rate=learning_rate, passkey_ratio=passkey_ratio,
                              answer_weight=answer_weight, stop_accuracy=stop_accuracy,
+                             short_fact_ratio=short_fact_ratio,
                              theta_jitter=_theta_range(theta_jitter))
     metrics = train_base(directory, cfg, log=console.print)
     console.print(f"saved {directory}: passkey@{cfg.original_length} {metrics['passkeyAccuracy']:.3f}, "

@@ -54,6 +54,10 @@ class BaseTrainingConfig:
     """Sequences per step."""
     passkey_ratio: float = 0.5
     """Fraction of each batch that is passkey samples."""
+    short_fact_ratio: float = 0.0
+    """Fraction of the passkey samples that state the key once, briefly (see
+    :func:`ctxext_trainer.tiny.data.passkey_row`): the key's distance from the question then varies
+    over most of L0 rather than over the evaluation prompt's 23 bytes of haystack."""
     answer_weight: float = 1.0
     """Loss weight of the passkey answer tokens (every other token weighs 1)."""
     learning_rate: float = 2e-3
@@ -128,7 +132,9 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
     step, end = 0, cfg.steps
     while step < end:
         length = rng.randint(cfg.min_len, cfg.original_length)
-        rows = [passkey_row(rng, tok, pools, length=length) for _ in range(n_pk)]
+        short = cfg.short_fact_ratio
+        rows = [passkey_row(rng, tok, pools, length=length, short=short > 0 and rng.random() < short)
+                for _ in range(n_pk)]
         rows += [(w, w, length) for w in (stream.window(rng, length) for _ in range(cfg.batch_size - n_pk))]
         ids = torch.tensor([r[0] for r in rows], dtype=torch.long)
         labels = torch.tensor([r[1] for r in rows], dtype=torch.long)
@@ -171,10 +177,11 @@ def command_of(cfg: BaseTrainingConfig) -> str:
     """The `ctxext init-tiny` command line that trains this config."""
     stop = f" --stop-accuracy {cfg.stop_accuracy:g}" if cfg.stop_accuracy is not None else ""
     init = f" --init-from {cfg.init_from}" if cfg.init_from else ""
+    short = f" --short-fact-ratio {cfg.short_fact_ratio:g}" if cfg.short_fact_ratio else ""
     jitter = f" --theta-jitter {cfg.theta_jitter[0]:g},{cfg.theta_jitter[1]:g}" if cfg.theta_jitter else ""
     return (f"OMP_NUM_THREADS=1 ctxext init-tiny DIR{init} --seed {cfg.seed} --steps {cfg.steps} "
             f"--batch-size {cfg.batch_size} --lr {cfg.learning_rate:g} --passkey-ratio {cfg.passkey_ratio:g} "
-            f"--answer-weight {cfg.answer_weight:g}{jitter}{stop}")
+            f"--answer-weight {cfg.answer_weight:g}{short}{jitter}{stop}")
 
 
 def training_note(cfg: BaseTrainingConfig, metrics: dict[str, float | int]) -> str:

@@ -15,6 +15,10 @@ scores — followed by the answer, so the base model is trained on exactly the f
 Half of the rows use the classic filler haystack (the evaluation's), half real corpus sentences
 (like the trainer's synthetic retrieval samples in the extension stages). The key's depth is uniform
 in [0, 1]. Rows shorter than the batch length are padded on the right; padding carries label -100.
+
+Short-fact rows (``short=True``) state the key once, ``" The pass key is 48213."`` (23 bytes instead of
+the evaluation's 59), so at 128 tokens the key can sit anywhere from right before the question to
+~100 tokens back, where the evaluation's own prompt leaves only 23 bytes of haystack to move it in.
 Training seeds are drawn from [10^9, 2·10^9), apart from every evaluation seed of the examples.
 
 >>> import random
@@ -35,7 +39,7 @@ import random
 from pathlib import Path
 
 from ctxext.model_info import BUILTIN_DIR
-from ctxext_trainer.eval.haystack import SentencePool
+from ctxext_trainer.eval.haystack import SentencePool, insert_facts
 from ctxext_trainer.eval.tasks import build_sample
 from ctxext_trainer.tokenizer import ByteTokenizer
 
@@ -96,11 +100,33 @@ def passkey_pools(tokenizer: ByteTokenizer, corpus_texts: list[str]) -> tuple[Se
 
 
 def passkey_row(rng: random.Random, tokenizer: ByteTokenizer, pools: tuple[SentencePool, SentencePool], *,
-                length: int) -> tuple[list[int], list[int], int]:
-    """(input_ids, labels, answer start) of one passkey sample padded to ``length``."""
+                length: int, short: bool = False) -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, answer start) of one passkey sample padded to ``length``.
+
+    >>> tok = ByteTokenizer()
+    >>> ids, labels, at = passkey_row(random.Random(1), tok, passkey_pools(tok, ["A b. C d."]), length=128,
+    ...                               short=True)
+    >>> text = tok.decode(ids[:at + 6])
+    >>> text.count("pass key is") == 2 and "Remember" not in text and text[-5:] == text.split("key is ")[1][:5]
+    True
+    """
     pool = pools[rng.randrange(2)]
+    if short:
+        return _short_row(rng, tokenizer, pool, length)
     sample = build_sample("passkey", length=length, depth=rng.random(), index=rng.randrange(1 << 30),
                           seed=rng.randrange(*SEED_RANGE), tokenizer=tokenizer, pool=pool)
     ids = (sample.input_ids + tokenizer.encode(f" {sample.answer}."))[:length]
     pad = length - len(ids)
     return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(len(sample.input_ids), length)
+
+
+def _short_row(rng: random.Random, tokenizer: ByteTokenizer, pool: SentencePool, length: int
+               ) -> tuple[list[int], list[int], int]:
+    key = str(rng.randint(10_000, 99_999))
+    fact = tokenizer.encode(f" The pass key is {key}.")
+    question, answer = tokenizer.encode(" What is the pass key? The pass key is"), tokenizer.encode(f" {key}.")
+    haystack = pool.take(max(0, length - len(fact) - len(question) - len(answer)), rng)
+    body, _ = insert_facts(haystack, [(rng.random(), fact)])
+    ids = (body + question + answer)[:length]
+    pad = length - len(ids)
+    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(len(body) + len(question), length)
