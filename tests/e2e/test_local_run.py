@@ -41,10 +41,11 @@ def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     obj = example("tiny-cpu.yaml")
     spec = obj["spec"]
     spec["model"]["source"] = f"file://{root / 'base'}"
+    spec["targetContextLength"] = 512  # the example goes to 1024; half the length keeps this test short
     spec["curriculum"]["stages"] = [{"seqLen": 256, "steps": STAGE1_STEPS}, {"seqLen": 512, "steps": STAGE2_STEPS}]
     spec["curriculum"]["stageDefaults"]["warmupSteps"] = 2
     spec["checkpoint"] = {"intervalSteps": INTERVAL}
-    spec["evaluation"].update(depths=[0.5], samplesPerCell=1, gates=[
+    spec["evaluation"].update(lengths=[128, 256, 512], depths=[0.5], samplesPerCell=1, gates=[
         {"metric": "perplexity", "atLength": "original", "max": 1000.0},
         {"metric": "passkeyAccuracy", "atLength": "stage", "min": 0.0}])
     path = root / "tiny-short.yaml"

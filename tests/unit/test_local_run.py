@@ -22,7 +22,9 @@ def _job(tmp_path: Path, **changes: object):
     model.mkdir(exist_ok=True)
     (model / "config.json").write_text(json.dumps({"max_position_embeddings": 128}))
     obj = with_path(example("tiny-cpu.yaml"), "spec.model.source", f"file://{model}")
-    for path, value in changes.items():
+    defaults = {"spec.targetContextLength": 512, "spec.evaluation.lengths": [128, 256, 512],  # the example goes to 1024
+                "spec.curriculum.stages": [{"seqLen": 256, "steps": 150}, {"seqLen": 512, "steps": 600}]}
+    for path, value in (defaults | changes).items():
         obj = with_path(obj, path, value)
     job = job_from_object(obj)
     return job, plan_curriculum(job.spec)
