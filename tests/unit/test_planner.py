@@ -120,8 +120,9 @@ def test_unreadable_local_config_names_the_source(tmp_path):
 
 def test_tiny_cpu_example_plans_two_stages_on_cpu():
     plan = plan_of(example("tiny-cpu.yaml"))
-    assert [s.seq_len for s in plan.stages] == [256, 512]
+    assert [s.seq_len for s in plan.stages] == [512, 1024]
     assert plan.stages[-1].seq_len >= 4 * plan.original_context_length
+    assert [round(s.rope_theta) for s in plan.stages] == [43873, 91896]  # ntk
     assert all(s.gpus_per_node == 0 and s.world_size == 2 for s in plan.stages)
 
 
