@@ -127,12 +127,12 @@ def train_base(out_dir: str | Path, cfg: BaseTrainingConfig,
             set_rope_theta(model, theta, cfg.original_length)
 
     n_pk = round(cfg.batch_size * cfg.passkey_ratio)
+    short = cfg.short_fact_ratio
     started, loss_sum = time.monotonic(), 0.0
     model.train()
     step, end = 0, cfg.steps
     while step < end:
         length = rng.randint(cfg.min_len, cfg.original_length)
-        short = cfg.short_fact_ratio
         rows = [passkey_row(rng, tok, pools, length=length, short=short > 0 and rng.random() < short)
                 for _ in range(n_pk)]
         rows += [(w, w, length) for w in (stream.window(rng, length) for _ in range(cfg.batch_size - n_pk))]

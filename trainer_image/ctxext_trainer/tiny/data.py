@@ -15,11 +15,11 @@ scores — followed by the answer, so the base model is trained on exactly the f
 Half of the rows use the classic filler haystack (the evaluation's), half real corpus sentences
 (like the trainer's synthetic retrieval samples in the extension stages). The key's depth is uniform
 in [0, 1]. Rows shorter than the batch length are padded on the right; padding carries label -100.
+Training seeds are drawn from [10^9, 2·10^9), apart from every evaluation seed of the examples.
 
 Short-fact rows (``short=True``) state the key once, ``" The pass key is 48213."`` (23 bytes instead of
 the evaluation's 59), so at 128 tokens the key can sit anywhere from right before the question to
 ~100 tokens back, where the evaluation's own prompt leaves only 23 bytes of haystack to move it in.
-Training seeds are drawn from [10^9, 2·10^9), apart from every evaluation seed of the examples.
 
 >>> import random
 >>> from ctxext_trainer.tokenizer import ByteTokenizer
@@ -115,9 +115,16 @@ def passkey_row(rng: random.Random, tokenizer: ByteTokenizer, pools: tuple[Sente
         return _short_row(rng, tokenizer, pool, length)
     sample = build_sample("passkey", length=length, depth=rng.random(), index=rng.randrange(1 << 30),
                           seed=rng.randrange(*SEED_RANGE), tokenizer=tokenizer, pool=pool)
-    ids = (sample.input_ids + tokenizer.encode(f" {sample.answer}."))[:length]
+    return _padded(tokenizer, sample.input_ids + tokenizer.encode(f" {sample.answer}."), length,
+                   answer_at=len(sample.input_ids))
+
+
+def _padded(tokenizer: ByteTokenizer, ids: list[int], length: int, *, answer_at: int
+            ) -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, answer start) of ``ids`` cut or right-padded to ``length`` (padding labels -100)."""
+    ids = ids[:length]
     pad = length - len(ids)
-    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(len(sample.input_ids), length)
+    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(answer_at, length)
 
 
 def _short_row(rng: random.Random, tokenizer: ByteTokenizer, pool: SentencePool, length: int
@@ -127,6 +134,4 @@ def _short_row(rng: random.Random, tokenizer: ByteTokenizer, pool: SentencePool,
     question, answer = tokenizer.encode(" What is the pass key? The pass key is"), tokenizer.encode(f" {key}.")
     haystack = pool.take(max(0, length - len(fact) - len(question) - len(answer)), rng)
     body, _ = insert_facts(haystack, [(rng.random(), fact)])
-    ids = (body + question + answer)[:length]
-    pad = length - len(ids)
-    return ids + [tokenizer.pad_id] * pad, ids + [IGNORE] * pad, min(len(body) + len(question), length)
+    return _padded(tokenizer, body + question + answer, length, answer_at=len(body) + len(question))
