@@ -32,6 +32,8 @@ class ModelInfo:
     """Shape, for the memory estimate."""
     config_path: str | None = None
     """The config.json the missing facts came from, if any."""
+    rope_config: dict[str, Any] | None = None
+    """The checkpoint's ``rope_parameters`` (or legacy ``rope_scaling``), when config.json was read."""
 
 
 def local_model_dir(source: str) -> Path | None:
@@ -54,6 +56,11 @@ def _rope_theta_of(config: dict[str, Any]) -> float | None:
     if isinstance(params, dict) and "rope_theta" in params:
         return float(params["rope_theta"])
     return float(config["rope_theta"]) if "rope_theta" in config else None
+
+
+def _rope_config_of(config: dict[str, Any]) -> dict[str, Any] | None:
+    params = config.get("rope_parameters") or config.get("rope_scaling")
+    return dict(params) if isinstance(params, dict) else None
 
 
 def _architecture_of(config: dict[str, Any]) -> ModelArchitecture | None:
@@ -99,4 +106,5 @@ def resolve_model_info(model: ModelSpec) -> ModelInfo:
                                  else config.get("max_position_embeddings")),
         architecture=model.architecture or (_architecture_of(config) if config else None),
         config_path=config_path,
+        rope_config=_rope_config_of(config),
     )

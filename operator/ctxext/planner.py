@@ -23,7 +23,7 @@ from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
 from ctxext.memory import estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
-from ctxext.theta import ThetaError, stage_theta
+from ctxext.theta import RopeTypeError, ThetaError, check_rope_scalable, stage_theta
 
 MAX_STAGES = 16
 TIGHT_FRACTION = 0.9
@@ -110,6 +110,10 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
     if spec.target_context_length <= l0:
         raise SpecError([("spec.targetContextLength", f"targetContextLength ({spec.target_context_length}) "
                           f"must be greater than the model's original context ({l0})")])
+    try:
+        check_rope_scalable(info.rope_config)
+    except RopeTypeError as exc:
+        raise SpecError([("spec.model.source", f"{exc} ({info.config_path})")]) from None
     theta0 = info.rope_theta
     if cur.theta_rule != "fixed":
         theta0 = _required(theta0, "spec.model.ropeTheta", "the base ropeTheta", info)

@@ -34,7 +34,9 @@ from pydantic import ConfigDict, Field
 from ctxext.api.base import ApiModel
 
 RESULT_FILE = "result.json"
-REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "Error")
+REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel", "Error")
+#: Failures no retry can mend (the base model itself cannot be extended): the operator fails the job at once.
+PERMANENT_REASON_CODES = ("UnsupportedModel",)
 
 
 class Health(ApiModel):

@@ -29,6 +29,7 @@ No torch here: the operator image imports this module without it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -122,16 +123,106 @@ def stage_theta(
     raise ThetaError(f"thetaRule fixed needs an explicit ropeTheta for the stage at seqLen={seq_len}")
 
 
-def rope_parameters(theta: float) -> dict[str, Any]:
-    """The Hugging Face (transformers 5.x) ``config.rope_parameters`` for a theta-scaled model.
+#: RoPE types theta scaling can re-base: the base frequency is the only thing it changes, and every
+#: other parameter keeps its meaning (linear's interpolation factor, llama3's factor and wavelength
+#: bands, YaRN's ramp and attention factor, all relative to the pre-training length).
+SCALABLE_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+#: Types that would silently undo or distort a stage's theta, and why.
+UNSCALABLE_ROPE_TYPES = {
+    "dynamic": "dynamic NTK recomputes the base from the current sequence length at run time, which "
+               "overrides the stage's theta beyond max_position_embeddings",
+    "longrope": "LongRoPE's per-dimension factors are fitted for one target length and switch at the "
+                "original length; a new base invalidates them",
+    "proportional": "proportional RoPE is a per-layer scheme of another model family",
+}
+#: Parameters that default to max_position_embeddings when absent; theta scaling raises that value,
+#: so they are pinned to the base model's value first.
+_LENGTH_PINNED_TYPES = ("llama3", "yarn")
 
-    Theta scaling keeps the plain rotary embedding and changes only its base, so ``rope_type`` is
-    ``default``. Writing ``config.rope_theta`` instead is silently ignored by transformers 5.x.
+
+class RopeTypeError(ThetaError):
+    """The base model's RoPE configuration cannot be theta-scaled; the message says why."""
+
+
+def rope_type_of(params: Mapping[str, Any] | None) -> str:
+    """The ``rope_type`` of a (possibly legacy ``rope_scaling``-style) RoPE parameter dict.
+
+    >>> rope_type_of(None), rope_type_of({"type": "linear", "factor": 2.0}), rope_type_of({"rope_type": "llama3"})
+    ('default', 'linear', 'llama3')
+    """
+    if not params:
+        return "default"
+    return str(params.get("rope_type") or params.get("type") or "default")
+
+
+def check_rope_scalable(params: Mapping[str, Any] | None) -> str:
+    """The rope type of ``params`` if theta scaling supports it; :class:`RopeTypeError` otherwise.
+
+    >>> check_rope_scalable({"rope_type": "llama3", "factor": 8.0})
+    'llama3'
+    >>> try:
+    ...     check_rope_scalable({"rope_type": "dynamic", "factor": 2.0})
+    ... except RopeTypeError as exc:
+    ...     print(str(exc)[:59])
+    the base model's RoPE type 'dynamic' cannot be theta-scaled
+    """
+    if params and all(isinstance(v, Mapping) for v in params.values()):
+        raise RopeTypeError(f"per-layer-type RoPE parameters ({', '.join(sorted(params))}) cannot be "
+                            "theta-scaled; only one global rope_parameters dict is supported")
+    kind = rope_type_of(params)
+    if kind in SCALABLE_ROPE_TYPES:
+        return kind
+    why = UNSCALABLE_ROPE_TYPES.get(kind, f"it is not one of {', '.join(SCALABLE_ROPE_TYPES)}")
+    raise RopeTypeError(f"the base model's RoPE type {kind!r} cannot be theta-scaled: {why}")
+
+
+def stage_rope_parameters(base: Mapping[str, Any] | None, theta: float, *,
+                          base_max_position_embeddings: int | None = None) -> dict[str, Any]:
+    """The Hugging Face (transformers 5.x) ``config.rope_parameters`` of a stage at ``theta``.
+
+    The base model's RoPE type and its parameters are kept; only ``rope_theta`` changes. Where a
+    parameter would default to ``max_position_embeddings`` (which each stage raises to its length),
+    it is pinned to the base model's value: llama3 / YaRN's ``original_max_position_embeddings``, and
+    a YaRN ``factor`` of None (= max / original). Writing ``config.rope_theta`` instead is silently
+    ignored by transformers 5.x. Raises :class:`RopeTypeError` for types theta scaling cannot re-base.
+
+    Worked example, a Llama-3.2 base (``rope_type: llama3``, factor 32 over an 8K pre-training
+    length, θ0 = 500000) at θ = 3.58e9: factor, both frequency factors and the 8192 stay, so the
+    llama3 wavelength bands are still cut at 8192 / 4 and 8192 / 1 tokens, now of the slower base.
+
+    >>> llama32 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+    ...            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    >>> stage_rope_parameters(llama32, 3580165449.0) == {**llama32, "rope_theta": 3580165449.0}
+    True
+    >>> stage_rope_parameters(None, 1e6)
+    {'rope_type': 'default', 'rope_theta': 1000000.0}
+    >>> no_length = {k: v for k, v in llama32.items() if k != "original_max_position_embeddings"}
+    >>> stage_rope_parameters(no_length, 1e7, base_max_position_embeddings=8192)["original_max_position_embeddings"]
+    8192
+    """
+    kind = check_rope_scalable(base)
+    out: dict[str, Any] = {k: v for k, v in (base or {}).items() if k != "type"}
+    out["rope_type"] = kind
+    out["rope_theta"] = float(_check(float(theta), "rope_parameters"))
+    if kind in _LENGTH_PINNED_TYPES and out.get("original_max_position_embeddings") is None:
+        if base_max_position_embeddings is None:
+            raise RopeTypeError(f"RoPE type {kind!r} needs original_max_position_embeddings (or the base "
+                                "model's max_position_embeddings) to be theta-scaled")
+        out["original_max_position_embeddings"] = int(base_max_position_embeddings)
+    if kind == "yarn" and out.get("factor") is None:
+        if base_max_position_embeddings is None:
+            raise RopeTypeError("YaRN without a factor needs the base model's max_position_embeddings")
+        out["factor"] = base_max_position_embeddings / out["original_max_position_embeddings"]
+    return out
+
+
+def rope_parameters(theta: float) -> dict[str, Any]:
+    """``config.rope_parameters`` of a plain (``default``) RoPE at ``theta``.
 
     >>> rope_parameters(3580165449.0)
     {'rope_type': 'default', 'rope_theta': 3580165449.0}
     """
-    return {"rope_type": "default", "rope_theta": float(_check(float(theta), "rope_parameters"))}
+    return stage_rope_parameters(None, theta)
 
 
 def inverse_frequencies(theta: float, head_dim: int) -> list[float]:

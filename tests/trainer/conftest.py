@@ -26,7 +26,8 @@ SENTENCES = [
 ]
 
 
-def make_tiny_model(directory: Path, *, seed: int = 0, theta: float = TINY_THETA) -> Path:
+def make_tiny_model(directory: Path, *, seed: int = 0, theta: float = TINY_THETA,
+                    rope: dict[str, Any] | None = None, max_positions: int = 128) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -34,8 +35,9 @@ def make_tiny_model(directory: Path, *, seed: int = 0, theta: float = TINY_THETA
 
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         rope_parameters={"rope_type": "default", "rope_theta": theta}, tie_word_embeddings=False,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
+                         rope_parameters=rope or {"rope_type": "default", "rope_theta": theta},
+                         tie_word_embeddings=False,
                          bos_token_id=1, eos_token_id=2, pad_token_id=0)
     model = LlamaForCausalLM(config)
     directory.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ from ctxext.theta import inverse_frequencies, stage_theta
 from ctxext_trainer.model_loading import load_causal_lm
 from ctxext_trainer.rope import keep_rope_fp32, rope_tables, rotary_module, set_rope_theta
 
+from .conftest import make_tiny_model
+
 SEQ_LEN = 4096
 RULES = {
     "scaling-law": dict(rule="scaling-law"),
@@ -75,6 +77,35 @@ def test_rope_stays_fp32_after_bf16_cast(tiny_model: Path) -> None:
     assert rotary_module(model).inv_freq.dtype == torch.float32
     assert torch.allclose(rotary_module(model).inv_freq.double(),
                           torch.tensor(inverse_frequencies(5e5, 16), dtype=torch.float64), rtol=1e-6)
+
+
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def test_llama3_rope_type_keeps_its_frequency_scaling_through_a_stage(tmp_path: Path) -> None:
+    """A Llama-3.1/3.2-style base (rope_type llama3) keeps its scaling; only the theta changes."""
+    base = make_tiny_model(tmp_path / "llama3-base", rope=dict(LLAMA3), max_positions=512)
+    theta = 2.5e6
+    model = load_causal_lm(base, theta=theta, seq_len=SEQ_LEN, device="cpu", activation_checkpointing=False).model
+    assert model.config.rope_parameters == {**LLAMA3, "rope_theta": theta}  # 64, not the raised 4096
+    assert model.config.max_position_embeddings == SEQ_LEN
+
+    reference = LlamaRotaryEmbedding(LlamaConfig(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=SEQ_LEN,
+        rope_parameters={**LLAMA3, "rope_theta": theta}))
+    rotary = rotary_module(model)
+    assert rotary.inv_freq.dtype == torch.float32 and torch.equal(rotary.inv_freq, reference.inv_freq)
+    plain = torch.tensor(inverse_frequencies(theta, 16), dtype=torch.float32)
+    assert not torch.allclose(rotary.inv_freq, plain)  # llama3's low-frequency division by 8 is applied
+    assert torch.allclose(rotary.inv_freq[-1], plain[-1] / 8)  # the longest wavelength is divided by factor
+
+    model.save_pretrained(str(tmp_path / "exported"))
+    saved = AutoConfig.from_pretrained(str(tmp_path / "exported"))
+    assert saved.rope_parameters == {**LLAMA3, "rope_theta": theta}
+    again = load_causal_lm(tmp_path / "exported", theta=theta * 4, seq_len=2 * SEQ_LEN, device="cpu",
+                           activation_checkpointing=False).model  # the next stage starts from the export
+    assert again.config.rope_parameters == {**LLAMA3, "rope_theta": theta * 4}
 
 
 def test_saved_config_round_trips_theta(tiny_model: Path, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from ctxext.results import read_result
 from ctxext_trainer import exit_codes
 from ctxext_trainer.tokenizer import load_tokenizer
 
-from .conftest import free_port, run_trainer, stage_config, train_log, trainer_env
+from .conftest import free_port, make_tiny_model, run_trainer, stage_config, train_log, trainer_env
 
 METRIC_NAMES = ("ctxext_train_loss", "ctxext_train_perplexity", "ctxext_grad_norm", "ctxext_grad_nonfinite_total",
                 "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_step", "ctxext_stage_info",
@@ -105,6 +105,18 @@ def test_nan_injection_stops_the_stage_with_a_reason(tiny_model: Path, corpus: P
     assert result.checkpoint == str(out / "checkpoints" / "step-2") and result.model_path is None
     assert [r["step"] for r in train_log(out)] == [1, 2]
     assert not (out / "model").exists()
+
+
+def test_a_model_whose_rope_type_cannot_be_scaled_fails_with_a_plain_reason(corpus: Path, tmp_path: Path) -> None:
+    model = make_tiny_model(tmp_path / "dynamic", rope={"rope_type": "dynamic", "rope_theta": 1e4, "factor": 2.0})
+    out = tmp_path / "stage"
+    proc = run_trainer(stage_config(model, corpus, out))
+    assert isinstance(proc, subprocess.CompletedProcess)
+    assert proc.returncode == exit_codes.BAD_CONFIG, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    result = read_result(out)
+    assert result is not None and result.status == "Failed" and result.reason_code == "UnsupportedModel"
+    assert result.reason is not None and result.reason.startswith("the base model's RoPE type 'dynamic' cannot be")
 
 
 def _step_dirs(out: Path) -> list[str]:

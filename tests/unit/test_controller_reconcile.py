@@ -134,6 +134,18 @@ def test_fail_policy_fails_at_once_on_non_finite_gradients():
     assert w.status["phase"] == "Failed" and w.cond("Failed")["reason"] == "NonFiniteGradients"
 
 
+def test_an_unsupported_model_fails_at_once_without_retries():
+    w = World(manifest(failurePolicy={"maxRetries": 3, "backoffSeconds": 0}))
+    w.step()
+    w.finish("t-s1-a1", "Failed", {"status": "Failed", "reasonCode": "UnsupportedModel",
+                                   "reason": "the base model's RoPE type 'dynamic' cannot be theta-scaled: ..."})
+    d = w.step()
+    assert d.creates == [] and w.status["phase"] == "Failed"
+    assert w.cond("Failed")["reason"] == "UnsupportedModel"
+    assert w.cond("Failed")["message"].startswith("stage 1/2 attempt 1 failed: the base model's RoPE type 'dynamic'")
+    assert w.cond("Failed")["message"].endswith("retrying cannot help")
+
+
 def test_failure_without_result_uses_the_pytorchjob_message_and_zero_backoff_retries_now():
     w = World(manifest(failurePolicy={"backoffSeconds": 0}))
     w.step()

@@ -110,6 +110,18 @@ def test_model_facts_read_from_local_config(tmp_path):
     assert plan.stages[0].estimated_memory_gib is not None
 
 
+def test_a_local_model_with_an_unscalable_rope_type_is_refused_before_launch(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "rope_theta": 10000.0, "rope_scaling": {"type": "dynamic", "factor": 2.0}, "max_position_embeddings": 1024,
+        "hidden_size": 256, "num_attention_heads": 4, "num_hidden_layers": 2, "intermediate_size": 512,
+        "vocab_size": 1000}))
+    obj = with_path(minimal(), "spec.model.source", f"file://{tmp_path}")
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.model.source"
+    assert "RoPE type 'dynamic' cannot be theta-scaled" in str(err.value) and "config.json" in str(err.value)
+
+
 def test_unreadable_local_config_names_the_source(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     obj = with_path(minimal(), "spec.model.source", f"file://{tmp_path}")

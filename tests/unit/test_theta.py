@@ -9,11 +9,13 @@ import pytest
 from ctxext import memory, naming, planner, theta
 from ctxext.theta import (
     MAX_ROPE_THETA,
+    RopeTypeError,
     ThetaError,
     inverse_frequencies,
     ntk_theta,
     rope_parameters,
     scaling_law_theta,
+    stage_rope_parameters,
     stage_theta,
 )
 
@@ -67,6 +69,41 @@ def test_rope_parameters_for_transformers_5():
     assert rope_parameters(3580165449) == {"rope_type": "default", "rope_theta": 3580165449.0}
     with pytest.raises(ThetaError):
         rope_parameters(MAX_ROPE_THETA * 10)
+
+
+LLAMA32_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+
+
+def test_stage_rope_parameters_keep_the_base_type_and_change_only_theta():
+    assert stage_rope_parameters(LLAMA32_ROPE, 3580165449) == {**LLAMA32_ROPE, "rope_theta": 3580165449.0}
+    linear = stage_rope_parameters({"type": "linear", "factor": 4.0, "rope_theta": 1e4}, 5e4)
+    assert linear == {"rope_type": "linear", "factor": 4.0, "rope_theta": 5e4}  # legacy "type" key understood
+    assert stage_rope_parameters({"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}, 2e4) == \
+        {"rope_type": "default", "rope_theta": 2e4, "partial_rotary_factor": 0.5}
+
+
+def test_length_dependent_parameters_are_pinned_to_the_base_model():
+    no_original = {k: v for k, v in LLAMA32_ROPE.items() if k != "original_max_position_embeddings"}
+    out = stage_rope_parameters(no_original, 1e7, base_max_position_embeddings=8192)
+    assert out["original_max_position_embeddings"] == 8192 and out["rope_theta"] == 1e7
+    yarn = stage_rope_parameters({"rope_type": "yarn", "rope_theta": 1e4, "factor": None,
+                                  "original_max_position_embeddings": 4096}, 1e5, base_max_position_embeddings=16384)
+    assert yarn["factor"] == 4.0 and yarn["original_max_position_embeddings"] == 4096
+    with pytest.raises(RopeTypeError, match="original_max_position_embeddings"):
+        stage_rope_parameters(no_original, 1e7)
+
+
+@pytest.mark.parametrize(("params", "message"), [
+    ({"rope_type": "dynamic", "factor": 2.0}, "'dynamic' cannot be theta-scaled: dynamic NTK recomputes the base"),
+    ({"rope_type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}, "'longrope' cannot be theta-scaled"),
+    ({"rope_type": "su"}, "'su' cannot be theta-scaled: it is not one of default, linear, llama3, yarn"),
+    ({"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}},
+     "per-layer-type RoPE parameters"),
+])
+def test_rope_types_theta_scaling_cannot_rebase_are_refused(params, message):
+    with pytest.raises(RopeTypeError, match=message):
+        stage_rope_parameters(params, 1e6)
 
 
 def test_inverse_frequencies_shape_and_range():

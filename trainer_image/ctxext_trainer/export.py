@@ -2,7 +2,7 @@
 
 All ranks call :func:`export_model` (under ZeRO-3 the full weights are gathered layer by layer to
 rank 0); rank 0 writes ``model.tmp/`` and renames it to ``model/``. ``config.json`` carries the
-stage's ``rope_parameters`` (``{"rope_type": "default", "rope_theta": θ}``) and
+stage's ``rope_parameters`` (the base model's RoPE type and parameters, with the stage's ``rope_theta``) and
 ``max_position_embeddings >= seqLen``, so the next stage — or any transformers user — loads the
 model with the theta it was trained at.
 """

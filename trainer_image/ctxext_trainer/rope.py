@@ -3,7 +3,10 @@
 In transformers 5.x the base lives in ``config.rope_parameters["rope_theta"]``; the rotary module
 reads it once, in its constructor. So a stage's theta takes effect only if we (1) write
 ``config.rope_parameters`` and (2) rebuild ``model.model.rotary_emb`` from the updated config.
-Writing ``config.rope_theta`` after construction is silently ignored.
+Writing ``config.rope_theta`` after construction is silently ignored. Only the theta changes: the
+base model's ``rope_type`` and its parameters (a Llama-3.1/3.2 ``llama3`` frequency scaling, say)
+are kept, and types theta scaling cannot re-base are refused
+(:func:`ctxext.theta.stage_rope_parameters`).
 
 DeepSpeed's bf16 mode casts every floating buffer of the module to bf16, ``inv_freq`` included;
 bf16 has an 8-bit mantissa, so ``position · inv_freq`` would be wrong beyond position 256.
@@ -20,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ctxext.theta import rope_parameters
+from ctxext.theta import stage_rope_parameters
 
 
 def rope_tables(theta: float, head_dim: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,11 +44,15 @@ def head_dim_of(config: Any) -> int:
 
 
 def apply_stage_rope(config: Any, theta: float, seq_len: int) -> None:
-    """Write the stage's theta into ``config.rope_parameters`` and make room for ``seq_len`` positions."""
+    """Write the stage's theta into ``config.rope_parameters`` (keeping the base's RoPE type and its
+    parameters) and make room for ``seq_len`` positions. Idempotent: a second call with the same
+    theta changes nothing. Raises :class:`ctxext.theta.RopeTypeError` for an unscalable RoPE type."""
     if not (math.isfinite(theta) and theta > 0):
         raise ValueError(f"rope theta must be positive and finite, got {theta}")
-    config.rope_parameters = rope_parameters(theta)
-    config.max_position_embeddings = max(int(getattr(config, "max_position_embeddings", 0) or 0), seq_len)
+    base_max = int(getattr(config, "max_position_embeddings", 0) or 0) or None
+    config.rope_parameters = stage_rope_parameters(getattr(config, "rope_parameters", None), theta,
+                                                   base_max_position_embeddings=base_max)
+    config.max_position_embeddings = max(base_max or 0, seq_len)
 
 
 def rotary_module(model: Any) -> Any:

@@ -19,6 +19,7 @@ import torch
 
 from ctxext.results import Health, StageResult, write_result
 from ctxext.stage_config import StageConfig
+from ctxext.theta import RopeTypeError
 from ctxext_trainer import exit_codes
 from ctxext_trainer.checkpoint import load_latest_checkpoint
 from ctxext_trainer.data.batches import build_stage_data
@@ -167,17 +168,25 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         metrics.close(linger)
 
 
+def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str) -> None:
+    if topo.is_rank0:
+        write_result(config.output_dir, StageResult(status="Failed", reason=reason, reason_code=code,
+                                                    job_name=config.job_name, stage=config.stage,
+                                                    attempt=config.attempt))
+
+
 def run_stage(config: StageConfig) -> int:
     """Set up the process group, train the stage, always tear down. Returns the exit code."""
     topo = init_distributed(config.device, config.sequence_parallel)
     try:
         return train_stage(config, topo)
+    except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help
+        log.error("stage failed: %s", exc)
+        _write_failure(config, topo, str(exc), "UnsupportedModel")
+        return exit_codes.BAD_CONFIG
     except Exception as exc:
         log.exception("stage failed")
-        if topo.is_rank0:
-            write_result(config.output_dir, StageResult(status="Failed", reason=f"{type(exc).__name__}: {exc}",
-                                                        reason_code="Error", job_name=config.job_name,
-                                                        stage=config.stage, attempt=config.attempt))
+        _write_failure(config, topo, f"{type(exc).__name__}: {exc}", "Error")
         return exit_codes.ERROR
     finally:
         close_distributed()

@@ -25,6 +25,7 @@ from ctxext.controller.model import (
 )
 from ctxext.controller.observe import format_time, parse_time
 from ctxext.naming import pytorchjob_name
+from ctxext.results import PERMANENT_REASON_CODES
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
 
@@ -172,6 +173,9 @@ class StagePass:
         if code in NUMERIC_FAULTS and fp.on_non_finite_gradients == OnNonFinite.FAIL:
             return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
                               "failurePolicy.onNonFiniteGradients is Fail")
+        if code in PERMANENT_REASON_CODES:
+            return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
+                              "retrying cannot help")
         if attempt >= fp.max_retries + 1:
             tries = f"after {attempt} attempts" if attempt > 1 else "(no retries allowed)"
             return self._fail(s, code or "StageFailed", f"stage {label} failed {tries}: {reason}")
