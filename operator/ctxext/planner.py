@@ -21,8 +21,9 @@ from pydantic.alias_generators import to_camel
 from ctxext.api.job import ContextExtensionJobSpec
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
-from ctxext.memory import estimate_memory
+from ctxext.memory import GIB, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
+from ctxext.step_time import StepTime, estimate_step_time, termination_grace_seconds
 from ctxext.theta import RopeTypeError, ThetaError, check_rope_scalable, stage_theta
 
 MAX_STAGES = 16
@@ -58,6 +59,10 @@ class PlannedStage(_Out):
     zero_stage: int
     activation_checkpointing: bool
     tokens_per_step: int
+    estimated_step_seconds: float | None = None
+    """Pessimistic seconds of one optimizer step (:mod:`ctxext.step_time`); None without an architecture."""
+    termination_grace_period_seconds: int
+    """Pod grace period between SIGTERM and SIGKILL: spec.checkpoint's, else from the step-time estimate."""
     estimated_memory_gib: float | None = Field(alias="estimatedMemoryGiB")
     memory_breakdown_gib: dict[str, float] | None = Field(default=None, alias="memoryBreakdownGiB")
 
@@ -97,6 +102,11 @@ def _required(value: Any, path: str, what: str, info: ModelInfo) -> Any:
         where = f" ({info.config_path} does not say)" if info.config_path else ""
         raise SpecError([(path, f"{what} is unknown{where}: set {path} or use a local model with a config.json")])
     return value
+
+
+def _grace(spec: ContextExtensionJobSpec, timing: StepTime | None) -> int:
+    explicit = spec.checkpoint.termination_grace_period_seconds
+    return explicit if explicit is not None else termination_grace_seconds(timing)
 
 
 def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None) -> Plan:
@@ -164,6 +174,13 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
                               "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} must divide "
                               f"the model's {heads} attention heads (Ulysses splits heads over ranks)")])
+        kv_heads = (info.architecture.num_key_value_heads or heads) if info.architecture else None
+        if kv_heads and heads and not heads % sp and kv_heads % sp and sp % kv_heads:
+            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
+                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} does not fit "
+                              f"the model's {kv_heads} key/value heads: Ulysses needs one to divide the other "
+                              f"(split {kv_heads} heads over {sp} ranks, or replicate each head on sp/kv ranks); "
+                              f"use a degree that divides {kv_heads} or a multiple of it")])
         if world % sp:
             raise SpecError([("spec.parallelism.sequenceParallel", f"stage {i + 1} runs {world} processes "
                               f"({nodes} node(s) x {per_node}); sequence-parallel degree {sp} must divide that")])
@@ -171,13 +188,17 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             raise SpecError([(f"{path}.seqLen" if s else "spec.parallelism.sequenceParallel",
                               f"sequenceParallel {sp} does not divide stage {i + 1}'s seqLen {seq_len}")])
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
-        estimate = None
+        estimate, timing = None, None
         if info.architecture is not None:
             estimate = estimate_memory(
                 info.architecture, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
                 zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
                 on_gpu=on_gpu, head_dim=info.head_dim)
             total = estimate.total
+            timing = estimate_step_time(
+                info.architecture, seq_len=seq_len, batch_size=batch, accumulation=accum, sequence_parallel=sp,
+                activation_checkpointing=par.activation_checkpointing, on_gpu=on_gpu, head_dim=info.head_dim,
+                state_bytes_per_rank=(estimate.weights + estimate.optimizer) * GIB)
             if on_gpu and total > res.gpu_memory_gib:
                 raise SpecError([("spec.resources.gpuMemoryGiB", (
                     f"stage {i + 1} (seqLen {seq_len}) needs about {total:.1f} GiB per GPU but gpuMemoryGiB is "
@@ -197,6 +218,8 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
             zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
             tokens_per_step=seq_len * batch * accum * (world // sp),
+            estimated_step_seconds=round(timing.step, 3) if timing else None,
+            termination_grace_period_seconds=_grace(spec, timing),
             estimated_memory_gib=round(estimate.total, 2) if estimate else None,
             memory_breakdown_gib=estimate.as_dict() if estimate else None,
         ))

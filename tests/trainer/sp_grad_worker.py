@@ -1,14 +1,16 @@
 """Worker of test_sequence_parallel_gradients: run under torchrun with 2 processes.
 
 For each ZeRO stage given, builds the trainer's own engine (sequence parallel = world size, SGD, no
-clipping) on the tiny model, does one forward/backward on a fixed 64-token sequence, and rank 0
+clipping) on the tiny model (4 heads, 2 KV heads: with 4 processes every KV head is replicated on
+two ranks), does one forward/backward on a fixed 64-token sequence, and rank 0
 saves the full gradients (and the guard's gradient norm) to ``OUT/grads-z<stage>.pt``.
 
-Usage: torchrun --nproc-per-node 2 sp_grad_worker.py MODEL_DIR OUT_DIR 0 1 2 3
+Usage: torchrun --nproc-per-node N sp_grad_worker.py MODEL_DIR OUT_DIR 0 1 2 3
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,13 +43,14 @@ def fixed_sequence() -> tuple[list[int], list[int]]:
 
 
 def main(model_dir: str, out_dir: str, stages: list[int]) -> None:
-    topo = init_distributed("cpu", sp_size=2)
+    topo = init_distributed("cpu", sp_size=int(os.environ["WORLD_SIZE"]))
     mpu = None
     try:
         for zero in stages:
             config = StageConfig(job="t", job_name="t", stage=1, total_stages=1, model_path=model_dir,
                                  output_dir=out_dir, seq_len=SEQ_LEN, rope_theta=THETA, original_context_length=32,
-                                 steps=1, learning_rate=0.1, device="cpu", zero_stage=zero, sequence_parallel=2,
+                                 steps=1, learning_rate=0.1, device="cpu", zero_stage=zero,
+                                 sequence_parallel=topo.sp_size,
                                  activation_checkpointing=True)
             ds_config = deepspeed_config(config, gradient_clipping=0.0)
             loaded = load_causal_lm(model_dir, theta=THETA, seq_len=SEQ_LEN, device="cpu",

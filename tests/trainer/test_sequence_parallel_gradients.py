@@ -1,4 +1,6 @@
-"""2-process Ulysses sequence parallelism gives the single-process gradients at every ZeRO stage.
+"""Ulysses sequence parallelism gives the single-process gradients: 2 processes at every ZeRO stage,
+and 4 processes — more ranks than the tiny model's 2 KV heads, so DeepSpeed replicates each KV head
+on two ranks — at ZeRO 0 and 3.
 
 The worker (``sp_grad_worker.py``, run by torchrun) builds the trainer's own engine (SGD, no
 clipping) and saves the full gradients of one fixed 64-token sequence; here the same model computes
@@ -21,6 +23,7 @@ from .conftest import free_port, trainer_env
 from .sp_grad_worker import SEQ_LEN, THETA, fixed_sequence
 
 ZERO_STAGES = (0, 1, 2, 3)
+KV_REPLICATION_STAGES = (0, 3)
 
 
 def reference_gradients(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -34,22 +37,28 @@ def reference_gradients(model_dir: Path) -> dict[str, torch.Tensor]:
     return {name: p.grad.detach().clone() for name, p in model.named_parameters()}
 
 
-@pytest.fixture(scope="module")
-def sp_gradients(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sp-grads")
+def _run_worker(tiny_model: Path, out: Path, nproc: int, stages: tuple[int, ...]) -> Path:
     worker = Path(__file__).with_name("sp_grad_worker.py")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                            f"--master-port={free_port()}", str(worker), str(tiny_model), str(out),
-                           *map(str, ZERO_STAGES)], env=trainer_env(), capture_output=True, text=True, timeout=300)
+                           *map(str, stages)], env=trainer_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("zero_stage", ZERO_STAGES)
-def test_sequence_parallel_equals_single_process(sp_gradients: Path, tiny_model: Path, zero_stage: int) -> None:
+@pytest.fixture(scope="module")
+def sp_gradients(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run_worker(tiny_model, tmp_path_factory.mktemp("sp-grads"), 2, ZERO_STAGES)
+
+
+@pytest.fixture(scope="module")
+def kv_replicated_gradients(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _run_worker(tiny_model, tmp_path_factory.mktemp("sp4-grads"), 4, KV_REPLICATION_STAGES)
+
+
+def _assert_matches_reference(saved_dir: Path, tiny_model: Path, zero_stage: int) -> None:
     reference = reference_gradients(tiny_model)
-    saved = torch.load(sp_gradients / f"grads-z{zero_stage}.pt")
+    saved = torch.load(saved_dir / f"grads-z{zero_stage}.pt")
     assert set(saved["grads"]) == set(reference)
     for name, ref in reference.items():
         got = saved["grads"][name]
@@ -57,3 +66,16 @@ def test_sequence_parallel_equals_single_process(sp_gradients: Path, tiny_model:
         assert rel < 1e-4, f"ZeRO-{zero_stage} {name}: relative difference {rel:.2e}"
     ref_norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in reference.values())))
     assert abs(saved["grad_norm"] - ref_norm) / ref_norm < 1e-4
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("zero_stage", ZERO_STAGES)
+def test_sequence_parallel_equals_single_process(sp_gradients: Path, tiny_model: Path, zero_stage: int) -> None:
+    _assert_matches_reference(sp_gradients, tiny_model, zero_stage)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("zero_stage", KV_REPLICATION_STAGES)
+def test_sequence_parallel_beyond_the_kv_heads_replicates_them_exactly(kv_replicated_gradients: Path,
+                                                                      tiny_model: Path, zero_stage: int) -> None:
+    _assert_matches_reference(kv_replicated_gradients, tiny_model, zero_stage)

@@ -149,3 +149,23 @@ def test_nulls_are_dropped_like_the_api_server():
     obj = with_path(minimal(curriculum={"stageDefaults": {"batchSize": None}}), "spec.model.headDim", None)
     plan = plan_of(obj)
     assert plan.stages[0].batch_size == 1
+
+
+@pytest.mark.parametrize(("heads", "kv", "sp", "ok"), [(24, 6, 4, False), (24, 8, 8, True), (32, 8, 16, True),
+                                                     (32, 8, 4, True), (48, 12, 8, False)])
+def test_sequence_parallel_degree_must_fit_the_kv_heads(heads, kv, sp, ok):
+    obj = example("llama3-8b-1m.yaml")
+    arch = obj["spec"]["model"]["architecture"]
+    arch.update(numAttentionHeads=heads, numKeyValueHeads=kv, hiddenSize=heads * 128)
+    obj["spec"]["parallelism"]["sequenceParallel"] = sp
+    for stage in obj["spec"]["curriculum"].get("stages") or []:
+        stage.pop("sequenceParallel", None)
+        stage["nodes"] = 6
+    obj["spec"]["resources"]["gpuMemoryGiB"] = 1000
+    if ok:
+        assert plan_of(obj).stages[0].sequence_parallel == sp
+        return
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.parallelism.sequenceParallel"
+    assert f"sequence-parallel degree {sp} does not fit the model's {kv} key/value heads" in str(err.value)

@@ -152,3 +152,25 @@ def test_builder_is_pure_and_deterministic():
 def test_pods_keep_metrics_up_for_the_final_scrape():
     env = env_of(build(gpu_job()))
     assert float(env["CTXEXT_METRICS_LINGER_SECONDS"]) >= 30  # two 15 s scrape intervals
+
+
+def _grace(body, replica="Master"):
+    return body["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]["terminationGracePeriodSeconds"]
+
+
+def test_grace_period_comes_from_the_step_estimate_and_grows_with_the_stage():
+    job = job_from_object(example("llama3-8b-1m.yaml"))
+    plan = plan_curriculum(job.spec)
+    graces = [_grace(build_pytorchjob(job, plan, s.index)) for s in plan.stages]
+    assert graces == [s.termination_grace_period_seconds for s in plan.stages]
+    assert all(g >= 120 for g in graces) and graces[-1] > graces[0]  # 1M-token micro-batches take minutes
+    assert all(s.estimated_step_seconds and s.estimated_step_seconds > 30 for s in plan.stages)
+    body = build_pytorchjob(job, plan, 4)
+    assert _grace(body, "Worker") == _grace(body)
+
+
+def test_an_explicit_grace_period_wins():
+    obj = example("llama3-8b-1m.yaml")
+    obj["spec"].setdefault("checkpoint", {})["terminationGracePeriodSeconds"] = 1800
+    job = job_from_object(obj)
+    assert {_grace(build(job, s)) for s in (1, 2, 3, 4)} == {1800}

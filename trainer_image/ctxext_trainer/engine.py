@@ -87,3 +87,48 @@ def build_engine(module: torch.nn.Module, config: StageConfig, ds_config: dict[s
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=opt, lr_scheduler=schedule, config=ds_config,
                                            mpu=mpu)
     return engine
+
+
+def torch_optimizer(engine: Any) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO 1–3, bf16): it owns the fp32 master state."""
+    opt = engine.optimizer
+    while not isinstance(opt, torch.optim.Optimizer) and getattr(opt, "optimizer", None) is not None:
+        opt = opt.optimizer
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"no torch optimizer inside {type(engine.optimizer).__name__}")
+    return opt
+
+
+def step_without_update(engine: Any) -> None:
+    """``engine.step()`` that applies no update: the weights and the optimizer state stay as they were.
+
+    Used for a loss spike: DeepSpeed's step must still run (it closes the gradient-accumulation
+    boundary, frees the gradients, advances its counters and the LR schedule), so it runs with every
+    learning rate at 0 (AdamW then changes no weight, decoupled weight decay included) and the
+    optimizer state (moments, step counts) is restored afterwards from a host copy — the spiking
+    gradients reach neither the weights nor the moments. Costs one host copy of this rank's
+    optimizer state, only on the (rare) skipped step.
+    """
+    opt = torch_optimizer(engine)
+    saved = {p: {k: v.detach().to("cpu", copy=True) if torch.is_tensor(v) else v for k, v in st.items()}
+             for p, st in opt.state.items()}
+    lrs = [group["lr"] for group in opt.param_groups]
+    scheduler = getattr(engine, "lr_scheduler", None)
+    epoch = getattr(scheduler, "last_epoch", None)
+    for group in opt.param_groups:
+        group["lr"] = 0.0
+    try:
+        engine.step()
+    finally:
+        if epoch is None or getattr(scheduler, "last_epoch", None) == epoch:  # no schedule set the next rate
+            for group, lr in zip(opt.param_groups, lrs, strict=True):
+                group["lr"] = lr
+        for p in [p for p in opt.state if p not in saved]:
+            del opt.state[p]
+        for p, st in saved.items():
+            current = opt.state[p]
+            for k, v in st.items():
+                if torch.is_tensor(v) and torch.is_tensor(current.get(k)):
+                    current[k].copy_(v)
+                else:
+                    current[k] = v

@@ -1,11 +1,13 @@
 """Gradient-health guard: stop a stage cleanly on non-finite gradients or repeated loss spikes.
 
-Checked every optimizer step, *before* ``engine.step()``, so a NaN never reaches the weights:
+Checked every optimizer step, *before* ``engine.step()``, so neither a NaN nor a spike reaches the weights:
 
 * any non-finite gradient element → stop, ``NonFiniteGradients``, "non-finite gradients at step N";
-* a loss more than ``lossSpikeSigma`` standard deviations above the mean of the last
-  :data:`WINDOW` non-spike losses (once :data:`MIN_HISTORY` are known) is a spike; more than
-  ``maxLossSpikes`` spikes → stop, ``LossSpikes``. Spikes are kept out of the window.
+* a loss (averaged over all ranks, before the update) more than ``lossSpikeSigma`` standard
+  deviations above the mean of the last :data:`WINDOW` non-spike losses (once :data:`MIN_HISTORY`
+  are known) is a spike: the train loop skips that step's update
+  (:func:`ctxext_trainer.engine.step_without_update`); more than ``maxLossSpikes`` spikes → stop,
+  ``LossSpikes``, again before the update. Spikes are kept out of the window.
 
 Worked example (σ = 6): window losses 2.0, 2.1, 1.9, 2.0, 2.0 → mean 2.0, std 0.063; a loss of 2.5 is
 (2.5 − 2.0) / 0.063 ≈ 7.9σ above, a spike. The std has a floor of 1% of the mean, so a perfectly

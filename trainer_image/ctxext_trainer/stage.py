@@ -150,7 +150,9 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         if state.stop is not None:
             status, reason, code, rc = "Failed", state.stop.message, state.stop.code, exit_codes.GUARD_STOP
         elif state.preempted:
-            status, reason, code = "Failed", f"preempted at step {state.step}; checkpoint saved", "Preempted"
+            saved = f"checkpoint step-{state.step} saved" if state.checkpoint_step == state.step and state.step \
+                else "nothing to save yet"
+            status, reason, code = "Failed", f"preempted after step {state.step}; {saved}", "Preempted"
             rc = exit_codes.PREEMPTED
         else:
             status, reason, code, rc = "Succeeded", None, None, exit_codes.OK

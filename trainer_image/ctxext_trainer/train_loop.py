@@ -1,9 +1,12 @@
 """The optimizer-step loop: micro-batches, health guard, metrics, checkpoints, preemption.
 
 Per optimizer step ``n`` (1-based; ``step`` below is 0-based = n − 1):
-forward/backward every micro-batch → gradient statistics and the guard (before ``engine.step()``,
-so NaN never reaches the weights) → ``engine.step()`` → rank-averaged loss → loss-spike check →
-metrics / progress → checkpoint every ``checkpoint_interval`` steps or when preempted.
+forward/backward every micro-batch (a SIGTERM seen between two micro-batches drops the step and
+checkpoints step n − 1: :func:`_abandon_step`) → gradient statistics and the non-finite check →
+rank-averaged loss and the loss-spike check — both *before* the update, so neither a NaN nor a
+spiking step reaches the weights: a spike is trained as a skipped update
+(:func:`ctxext_trainer.engine.step_without_update`), too many spikes stop the stage → ``engine.step()``
+→ metrics / progress → checkpoint every ``checkpoint_interval`` steps or when preempted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +26,9 @@ import torch
 from ctxext.stage_config import StageConfig
 from ctxext_trainer.checkpoint import save_checkpoint
 from ctxext_trainer.data.batches import Layout, StageData
+from ctxext_trainer.data.packing import StreamState
 from ctxext_trainer.distributed import Topology, all_reduce_sum
+from ctxext_trainer.engine import step_without_update
 from ctxext_trainer.grad_stats import (
     engine_named_params,
     gradient_stats,
@@ -39,6 +45,8 @@ STOP_AFTER_ENV = "CTXEXT_STOP_AFTER_STEP"
 """Test hook: behave as if preempted right after this step (checkpoint, exit as preempted)."""
 HOLD_FILE_ENV = "CTXEXT_HOLD_FILE"
 """Test hook: after each step, wait while this file exists (lets a test scrape a live run)."""
+SIGTERM_MID_STEP_ENV = "CTXEXT_SIGTERM_MID_STEP"
+"""Test hook: rank 0 sends itself SIGTERM after the first micro-batch of these steps (``N[,M][@attempt]``)."""
 
 
 @dataclass
@@ -78,14 +86,17 @@ def checkpoint_root(config: StageConfig) -> Path:
     return Path(config.output_dir) / "checkpoints"
 
 
+def _agreed(local: bool) -> bool:
+    """True on every rank when any rank says so (one all-reduce of a single number)."""
+    return bool(all_reduce_sum(torch.tensor([1.0 if local else 0.0])).item() > 0)
+
+
 def _preempted(parts: LoopParts, step_no: int) -> bool:
     hold = os.environ.get(HOLD_FILE_ENV)
     while hold and os.path.exists(hold) and not parts.preempt_flag[0]:
         time.sleep(0.05)
     stop_after = os.environ.get(STOP_AFTER_ENV)
-    local = parts.preempt_flag[0] or (stop_after is not None and step_no >= int(stop_after))
-    flag = all_reduce_sum(torch.tensor([1.0 if local else 0.0]))
-    return bool(flag.item() > 0)
+    return _agreed(parts.preempt_flag[0] or (stop_after is not None and step_no >= int(stop_after)))
 
 
 def peak_device_memory(device: str) -> dict[str, int]:
@@ -102,6 +113,26 @@ def _log_step(config: StageConfig, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def _save(parts: LoopParts, state: LoopState, step: int) -> None:
+    state.checkpoint = save_checkpoint(parts.engine, checkpoint_root(parts.config), step, trainer_state(parts, step),
+                                       keep=parts.config.keep_checkpoints, is_rank0=parts.topo.is_rank0)
+    state.checkpoint_step = step
+
+
+def _abandon_step(parts: LoopParts, state: LoopState, data_before: StreamState) -> LoopState:
+    """Preempted between micro-batches: drop the step in flight, checkpoint the last completed one.
+
+    No weight has changed since the last ``engine.step()`` boundary, so the state to save is exactly
+    that of step ``state.step``; the data stream goes back to where that step left it, and a resumed
+    run redoes the dropped step in full (bit-identical to an uninterrupted run).
+    """
+    parts.data.state = data_before
+    if state.step > 0 and state.checkpoint_step != state.step:
+        _save(parts, state, state.step)
+    state.preempted = True
+    return state
+
+
 def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     """Train from ``state.step`` to ``config.steps`` unless the guard stops or a preemption arrives."""
     config, engine, topo, guard = parts.config, parts.engine, parts.topo, parts.guard
@@ -111,10 +142,12 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     zero = config.zero_stage
     nan_steps, spike_steps = (injected_steps(INJECT_NAN_ENV, config.attempt),
                               injected_steps(INJECT_SPIKE_ENV, config.attempt))
+    sigterm_steps = injected_steps(SIGTERM_MID_STEP_ENV, config.attempt)
     engine.train()
     while state.step < config.steps:
         step_no = state.step + 1
         t0, cpu0 = time.perf_counter(), time.process_time()
+        data_before = StreamState.from_dict(parts.data.state.to_dict())
         batches = parts.data.step_batches(state.step, layout)
         sums = torch.zeros(2, dtype=torch.float64)
         for i, batch in enumerate(batches):
@@ -126,29 +159,40 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
             engine.backward(loss)
             sums += torch.stack([ce_sum.double().cpu(), count.double().cpu()])
             if i < len(batches) - 1:
-                engine.step()
+                engine.step()  # inside the accumulation window: DeepSpeed only counts the micro-step
+                if step_no in sigterm_steps and i == 0 and topo.is_rank0:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                if _agreed(parts.preempt_flag[0]):  # a SIGTERM mid-step: do not finish the step
+                    return _abandon_step(parts, state, data_before)
         stats = gradient_stats(named, zero, topo.rank, topo.world_size)
         stop = guard.check_gradients(step_no, stats.grad_norm, stats.nonfinite)
         if stop is not None:
             parts.metrics.record_nonfinite(max(stats.nonfinite, 1))
             state.stop = stop
             break
-        before = (snapshot_owned_weights(named, zero, topo.rank, topo.world_size)
-                  if step_no % UPDATE_RATIO_INTERVAL == 1 or UPDATE_RATIO_INTERVAL == 1 else None)
-        lr = float(engine.get_lr()[0])
-        engine.step()
-        ratio = update_to_weight_ratio(before, named, zero, topo.rank, topo.world_size) if before else None
-        all_reduce_sum(sums)
+        all_reduce_sum(sums)  # the step's loss over all ranks, known *before* the update
         loss_value = float(sums[0] / sums[1].clamp(min=1))
+        spikes_before = guard.spikes
+        stop = guard.observe_loss(step_no, loss_value)
+        skipped = guard.spikes > spikes_before
+        if skipped:
+            parts.metrics.record_spike()
+        if stop is not None:  # too many spikes or a non-finite loss: stop without applying this step
+            state.stop = stop
+            break
+        before = (snapshot_owned_weights(named, zero, topo.rank, topo.world_size)
+                  if not skipped and (step_no % UPDATE_RATIO_INTERVAL == 1 or UPDATE_RATIO_INTERVAL == 1) else None)
+        lr = float(engine.get_lr()[0])
+        if skipped:
+            step_without_update(engine)  # a spike: no update reaches the weights or the optimizer state
+        else:
+            engine.step()
+        ratio = update_to_weight_ratio(before, named, zero, topo.rank, topo.world_size) if before else None
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         state.step, state.last_loss = step_no, loss_value
         state.tokens += float(sums[1])
         state.train_seconds += seconds
         state.losses.append(loss_value)
-        spikes_before = guard.spikes
-        stop = guard.observe_loss(step_no, loss_value)
-        if guard.spikes > spikes_before:
-            parts.metrics.record_spike()
         tps = float(sums[1]) / seconds if seconds > 0 else 0.0
         parts.metrics.record_step(step=step_no, loss=loss_value, grad_norm=stats.grad_norm,
                                   layer_max=stats.max_layer[1], layer_min=stats.min_layer[1],
@@ -160,17 +204,13 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
                                "seqLen": int(batches[0]["input_ids"].shape[1]) * topo.sp_size,
                                "seconds": round(seconds, 4), "cpuSeconds": round(cpu_seconds, 4),
                                "maxLayer": stats.max_layer[0], "updateRatio": ratio,
+                               **({"skipped": "lossSpike"} if skipped else {}),
                                **peak_device_memory(config.device)})
-            log.info("step %d/%d loss %.4f grad_norm %.3g lr %.3g %.0f tok/s", step_no, config.steps, loss_value,
-                     stats.grad_norm, lr, tps)
-        if stop is not None:
-            state.stop = stop
-            break
+            log.info("step %d/%d loss %.4f grad_norm %.3g lr %.3g %.0f tok/s%s", step_no, config.steps, loss_value,
+                     stats.grad_norm, lr, tps, " (loss spike: update skipped)" if skipped else "")
         preempted = _preempted(parts, step_no)
         if preempted or step_no % config.checkpoint_interval == 0:
-            state.checkpoint = save_checkpoint(engine, checkpoint_root(config), step_no, trainer_state(parts, step_no),
-                                               keep=config.keep_checkpoints, is_rank0=topo.is_rank0)
-            state.checkpoint_step = step_no
+            _save(parts, state, step_no)
         if preempted:
             state.preempted = True
             break

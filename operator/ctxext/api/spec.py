@@ -314,6 +314,11 @@ class CheckpointSpec(ApiModel):
     """Save a checkpoint every this many optimizer steps (and at the end, and on SIGTERM)."""
     keep_last: int = Field(default=2, ge=1, le=100)
     """Checkpoints kept per stage; older ones are deleted after a newer one is complete."""
+    termination_grace_period_seconds: int | None = Field(default=None, ge=30, le=86400)
+    """terminationGracePeriodSeconds of the trainer pods: the time between SIGTERM (preemption,
+    eviction, suspension) and SIGKILL, in which the trainer finishes its micro-batch and saves a
+    checkpoint. Default: per stage from the planner's pessimistic step-time and checkpoint-size
+    estimate (at least 120 s; 600 s when the architecture is unknown); see ``ctxext plan -o yaml``."""
 
 
 class OnGateFailure(StrEnum):

@@ -125,6 +125,8 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
                     *storage.volumes],
         "securityContext": {"runAsNonRoot": True, "runAsUser": RUN_AS_USER, "runAsGroup": RUN_AS_USER,
                             "fsGroup": RUN_AS_USER, "seccompProfile": {"type": "RuntimeDefault"}},
+        # SIGTERM → finish the micro-batch, checkpoint, exit; the planner sizes this (ctxext.step_time)
+        "terminationGracePeriodSeconds": planned.termination_grace_period_seconds,
     }
     if config.trainer_service_account:
         pod["serviceAccountName"] = config.trainer_service_account

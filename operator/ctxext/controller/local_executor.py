@@ -6,8 +6,9 @@ conditions: ``Created`` and ``Running`` when it starts the replicas (see
 :mod:`ctxext.controller.local_launch` for the processes, environment and the ``--root`` directory
 mapping), ``Succeeded`` when every replica exits 0, ``Failed`` (with the exit code and the last log
 line) when one does not. ``spec.runPolicy.suspend: true`` stops the processes (SIGTERM, so the
-trainer checkpoints, then SIGKILL after ``stop_grace``) and sets ``Suspended``; un-suspending starts
-them again (the trainer resumes from its checkpoint).
+trainer checkpoints, then SIGKILL after the pod template's ``terminationGracePeriodSeconds``, else
+``stop_grace``) and sets ``Suspended``; un-suspending starts them again (the trainer resumes from
+its checkpoint).
 
 Restart-safe: finished jobs (a Succeeded/Failed condition) are never run again. Processes die with
 the executor (``PR_SET_PDEATHSIG``); process groups recorded in ``ROOT/.executor/`` by an executor
@@ -53,6 +54,20 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 class Running:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, Path] = field(default_factory=dict)
+    grace: float | None = None
+    """The pods' terminationGracePeriodSeconds (SIGTERM → SIGKILL), as Kubernetes would give them."""
+
+
+def pod_grace_seconds(job: dict[str, Any]) -> float | None:
+    """terminationGracePeriodSeconds of the Master pod template, if set.
+
+    >>> pod_grace_seconds({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {
+    ...     "terminationGracePeriodSeconds": 240}}}}}})
+    240.0
+    """
+    master = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get("Master") or {}
+    value = ((master.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds")
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _true(job: dict[str, Any], kind: str) -> bool:
@@ -140,7 +155,7 @@ class LocalExecutor:
         self._kill_stale(key)
         if not _true(job, "Created"):
             self.set_condition(job, "Created", "JobCreated", "PyTorchJob created (local executor)")
-        run = Running()
+        run = Running(grace=pod_grace_seconds(job))
         logs = self.state_dir / "logs" / job["metadata"]["namespace"]
         logs.mkdir(parents=True, exist_ok=True)
         for proc in replica_processes(job, self.root, _free_port()):
@@ -177,7 +192,7 @@ class LocalExecutor:
         for p in run.procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.stop_grace
+        deadline = time.monotonic() + (run.grace if run.grace is not None else self.stop_grace)
         for p in run.procs.values():
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
