@@ -123,11 +123,41 @@ def _check(gate: Gate, name: str, length: int, value: float, baseline: Mapping[s
     return failures if failures else ["+" + p for p in passes]
 
 
+def _effective_length_gate(gate: Gate, evaluation: Mapping[str, Any], length: int) -> GateOutcome:
+    """``effectiveLength`` (one number of tokens) against min/max, or against ``atLength`` without bounds.
+
+    >>> from ctxext.api.spec import Gate
+    >>> _effective_length_gate(Gate(metric="effectiveLength"), {"effectiveLength": 512}, 1024).message
+    'effectiveLength = 512 < 1024 (atLength; threshold 0.85)'
+    >>> _effective_length_gate(Gate(metric="effectiveLength", min=256), {"effectiveLength": 512}, 1024).passed
+    True
+    """
+    name = "effectiveLength"
+    raw = evaluation.get(name)
+    if not isinstance(raw, int | float):
+        return GateOutcome(name, length, None, False, f"{name} was not measured (no retrieval task ran)")
+    value = float(raw)
+    threshold = evaluation.get("effectiveLengthThreshold", 0.85)
+    bounds = [(gate.min, ">=", value >= gate.min) if gate.min is not None else None,
+              (gate.max, "<=", value <= gate.max) if gate.max is not None else None]
+    checks = [b for b in bounds if b is not None] or [(float(length), ">=", value >= length)]
+    failed = [(limit, op) for limit, op, ok in checks if not ok]
+    where = " (atLength" if gate.min is None and gate.max is None else " (bound"
+    if failed:
+        limit, op = failed[0]
+        message = f"{name} = {value:.0f} {'<' if op == '>=' else '>'} {limit:.0f}{where}; threshold {threshold:g})"
+    else:
+        message = "; ".join(f"{name} = {value:.0f} {op} {limit:.0f}" for limit, op, _ in checks)
+    return GateOutcome(name, length, value, not failed, message)
+
+
 def evaluate_gate(gate: Gate, evaluation: Mapping[str, Any], *, baseline: Mapping[str, Any] | None,
                   stage_seq_len: int, original_length: int) -> GateOutcome:
     """The outcome of one gate (see :func:`evaluate_gates`)."""
     name = str(gate.metric)
     length = resolve_length(gate.at_length, stage_seq_len=stage_seq_len, original_length=original_length)
+    if name == "effectiveLength":
+        return _effective_length_gate(gate, evaluation, length)
     value, why = _lookup(evaluation, name, length)
     if value is None:
         return GateOutcome(name, length, None, False, f"{name} {why}")

@@ -82,3 +82,37 @@ def test_gates_module_does_not_import_torch():
 
     code = "import sys, ctxext.gates, ctxext.cli.eval_cmds; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+EFFECTIVE = {"effectiveLength": 512, "effectiveLengthThreshold": 0.85,
+             "retrievalAccuracy": {"128": 1.0, "512": 0.9, "1024": 0.4}}
+
+
+def test_effective_length_without_bounds_must_reach_at_length():
+    (stage,) = run(Gate(metric="effectiveLength"), evaluation=EFFECTIVE)  # atLength 'stage' = 512
+    assert stage.passed and stage.value == 512 and stage.message == "effectiveLength = 512 >= 512"
+    (longer,) = evaluate_gates([Gate(metric="effectiveLength")], EFFECTIVE, baseline=None, stage_seq_len=1024,
+                               original_length=128)
+    assert not longer.passed
+    assert longer.message == "effectiveLength = 512 < 1024 (atLength; threshold 0.85)"
+
+
+def test_effective_length_min_max_in_tokens():
+    low, high, both = run(Gate(metric="effectiveLength", min=1024), Gate(metric="effectiveLength", max=256),
+                          Gate(metric="effectiveLength", min=256, max=512), evaluation=EFFECTIVE)
+    assert not low.passed and low.message == "effectiveLength = 512 < 1024 (bound; threshold 0.85)"
+    assert not high.passed and high.message == "effectiveLength = 512 > 256 (bound; threshold 0.85)"
+    assert both.passed and both.message == "effectiveLength = 512 >= 256; effectiveLength = 512 <= 512"
+
+
+def test_effective_length_zero_and_missing():
+    (zero,) = run(Gate(metric="effectiveLength", min=128), evaluation={**EFFECTIVE, "effectiveLength": 0})
+    assert not zero.passed and zero.value == 0.0
+    (missing,) = run(Gate(metric="effectiveLength"))
+    assert not missing.passed and missing.value is None
+    assert missing.message == "effectiveLength was not measured (no retrieval task ran)"
+
+
+def test_retrieval_accuracy_gates_per_length_like_any_task():
+    (out,) = run(Gate(metric="retrievalAccuracy", at_length=1024, min=0.85), evaluation=EFFECTIVE)
+    assert not out.passed and out.message == "retrievalAccuracy at 1024 = 0.4 < min 0.85"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
@@ -39,12 +40,22 @@ def test_chunked_token_losses_equal_full_forward(model, monkeypatch):
 
 def test_evaluate_model_end_to_end(model, tokenizer, tmp_path):
     registry = CollectorRegistry()
-    ev = evaluate_model(model, tokenizer, tasks=["passkey", "needle", "multiKeyNiah", "variableTracking", "perplexity"],
+    ev = evaluate_model(model, tokenizer, tasks=["passkey", "needle", "multiKeyNiah", "multiValueNiah",
+                                                 "variableTracking", "perplexity"],
                         lengths=[128, 512], depths=[0.0, 0.5, 1.0], samples_per_cell=2, seed=3, original_length=128,
                         output_dir=tmp_path, corpus_texts=CORPUS, registry=registry,
                         labels={"cej": "tiny", "cej_namespace": "ns", "stage": "2"})
     assert set(ev["passkeyAccuracy"]) == {"128", "512"} and set(ev["needleAccuracy"]) == {"512"}
     assert set(ev["variableTrackingAccuracy"]) == {"512"} and set(ev["multiKeyNiahAccuracy"]) == {"512"}
+    assert set(ev["multiValueNiahAccuracy"]) == {"512"}
+    # RULER-style summary: mean over the tasks measured at each length, effective length at 0.85
+    at_512 = [ev[f"{t}Accuracy"]["512"] for t in ("passkey", "needle", "multiKeyNiah", "multiValueNiah",
+                                                   "variableTracking")]
+    assert ev["retrievalAccuracy"] == {"128": pytest.approx(ev["passkeyAccuracy"]["128"]),
+                                       "512": pytest.approx(sum(at_512) / 5)}
+    assert ev["effectiveLengthThreshold"] == 0.85 and ev["effectiveLength"] in (0, 128, 512)
+    assert set(ev["effectiveLengthByTask"]) == {"passkey", "needle", "multiKeyNiah", "multiValueNiah",
+                                                "variableTracking"}
     assert all(0.0 <= v <= 1.0 for k in ev if k.endswith("Accuracy") for v in ev[k].values())
     assert set(ev["grids"]["passkey"]["512"]) == {"0", "0.5", "1"}
     assert set(ev["perplexity"]) == {"128", "512"}
@@ -54,7 +65,8 @@ def test_evaluate_model_end_to_end(model, tokenizer, tmp_path):
     assert [(b["from"], b["to"]) for b in ev["positionLoss"]] == [(0, 128), (128, 256), (256, 384), (384, 512)]
     assert any("needle at 128" in n for n in ev["notes"])
     names = sorted(p.rsplit("/", 1)[1] for p in ev["plots"])
-    assert names == ["multiKeyNiah_heatmap.png", "needle_heatmap.png", "passkey_heatmap.png",
+    assert names == ["multiKeyNiah_heatmap.png", "multiValueNiah_heatmap.png", "needle_heatmap.png",
+                     "passkey_heatmap.png",
                      "perplexity_by_position.png", "variableTracking_heatmap.png"]
     assert all(is_png(p) and str(p).startswith(str(tmp_path / "eval")) for p in ev["plots"])
     acc = registry.get_sample_value("ctxext_eval_accuracy", {"task": "passkey", "length": "512", "depth": "0.5",

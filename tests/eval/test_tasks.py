@@ -37,7 +37,7 @@ def test_passkey_sits_at_the_requested_depth_within_one_filler_sentence(length, 
     assert TOK.decode(s.input_ids[s.fact_starts[0]:]).startswith(fact)
 
 
-@pytest.mark.parametrize("task", ["needle", "multiKeyNiah", "variableTracking"])
+@pytest.mark.parametrize("task", ["needle", "multiKeyNiah", "multiValueNiah", "variableTracking"])
 @pytest.mark.parametrize("length", [512, 1024])
 def test_corpus_tasks_are_well_formed(task, length):
     s = build_sample(task, length=length, depth=0.5, index=3, seed=1, tokenizer=TOK, pool=pool_for(task))
@@ -49,6 +49,14 @@ def test_corpus_tasks_are_well_formed(task, length):
         assert len(names) == 5 and len(re.findall(r"VAR [A-Z]{5} =", text)) == 5
         assert text.index(f"VAR {names[0]} = ") < text.index(f"VAR {names[1]} = VAR {names[0]}.")
         assert f"assigned the value {text.split(f'VAR {names[0]} = ')[1][:5]}?" in text
+    elif task == "multiValueNiah":
+        values = s.answer.split()
+        assert len(set(values)) == 4 and all(len(v) == 7 and v.isdigit() for v in values)
+        key = text.rsplit("What are all the special magic numbers for ", 1)[1].split("?")[0]
+        assert all(f"One of the special magic numbers for {key} is {v}." in text for v in values)
+        assert text.count("special magic number") == 4 + 2  # four facts, the question, its answer prefix
+        assert text.endswith(f"The special magic numbers for {key} are")
+        assert s.max_new_tokens >= len(TOK.encode(" " + ", ".join(values)))  # room for all four
     else:
         assert text.count("The special magic number for") == (2 if task == "needle" else 5)  # needles + question
         key = text.rsplit("What is the special magic number for ", 1)[1].split("?")[0]
@@ -101,6 +109,8 @@ def test_split_sentences_cuts_run_ons():
     ("needle", "7302114", " 730 2114", False),
     ("variableTracking", "AAAAA BBBBB", " BBBBB AAAAA CCCCC", True),
     ("variableTracking", "AAAAA BBBBB", " AAAAA BBBBC", False),
+    ("multiValueNiah", "1111111 2222222", " 2222222, 1111111, 3333333", True),
+    ("multiValueNiah", "1111111 2222222", " 1111111 and 1111111", False),
 ])
 def test_scoring_is_exact(task, answer, generated, expected):
     assert score(Sample(task, 512, 0.5, 0, [], answer, 8, [0], 0), generated) is expected

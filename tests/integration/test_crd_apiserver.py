@@ -55,6 +55,7 @@ INVALID = [
     (with_path(minimal(), "spec.targetContextLength", "big"), "spec.targetContextLength"),
     (with_path(minimal(), "spec.model.source", "ftp://x"), "spec.model.source"),
     (minimal(evaluation={"gates": [{"metric": "perplexity"}]}), "at least one of min, max, maxIncrease"),
+    (minimal(evaluation={"gates": [{"metric": "effectiveLength", "maxIncrease": 0.1}]}), "not maxIncrease"),
     (with_path(minimal(), "spec.model", {"source": "s3://bucket/m/", "originalContextLength": 8192}),
      "model.ropeTheta is required"),
     (with_path(minimal(), "metadata.name", "x" * 64), "metadata.name"),

@@ -236,3 +236,16 @@ def test_a_succeeded_pytorchjob_whose_result_failed_is_a_failed_attempt():
     assert w.step().creates == [] and w.cond("Degraded")["status"] == "True"
     w.job.spec.suspend = False
     assert [(c.attempt, c.learning_rate) for c in w.step().creates] == [(2, 5e-05)]
+
+
+def test_effective_length_gate_and_status_mirror_the_latest_evaluated_stage():
+    w = World(manifest(evaluation={"gates": [{"metric": "effectiveLength"}]}))
+    w.step()
+    assert w.status.get("effectiveLength") is None
+    w.finish("t-s1-a1", "Succeeded", {"status": "Succeeded", "evaluation": {"effectiveLength": 16384}})
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(2, 1)]
+    assert w.status["effectiveLength"] == 16384
+    w.finish("t-s2-a1", "Succeeded", {"status": "Succeeded", "evaluation": {"effectiveLength": 16384}})
+    w.step()
+    assert w.status["phase"] == "Failed" and w.status["effectiveLength"] == 16384
+    assert "effectiveLength = 16384 <" in w.cond("Failed")["message"]

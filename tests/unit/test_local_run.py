@@ -117,3 +117,27 @@ def test_claims_fail_with_the_numbers() -> None:
     assert [c["passed"] for c in out] == [False, True, False, False, False]
     assert out[3]["value"] == 1.5 and out[4]["value"] == pytest.approx(0.2)
     assert beyond_within_ratio([], 128) is None
+
+
+def test_report_shows_effective_length_per_model(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from ctxext.local_run.display import summary_table
+
+    _, plan = _job(tmp_path)
+    base = {"passkeyAccuracy": {"128": 1.0, "256": 0.3, "512": 0.0}, "retrievalAccuracy": {"128": 1.0, "256": 0.3,
+            "512": 0.0}, "effectiveLength": 128, "effectiveLengthByTask": {"passkey": 128},
+            "effectiveLengthThreshold": 0.85}
+    final = {"passkeyAccuracy": {"128": 1.0, "256": 0.9, "512": 0.9}, "retrievalAccuracy": {"128": 1.0, "256": 0.9,
+             "512": 0.9}, "effectiveLength": 512, "effectiveLengthByTask": {"passkey": 512},
+             "effectiveLengthThreshold": 0.85}
+    report = build_report(job_name="tiny-cpu", plan=plan, baseline=base, results=[_result(1, 256, **final),
+                          _result(2, 512, **final)], status="Succeeded", wall_seconds=1.0, model_path="/m")
+    write_report_md(Workdir(tmp_path), report)
+    text = (tmp_path / "report.md").read_text()
+    assert "## Effective length" in text and "threshold (0.85" in text
+    assert "| base model | 128 | passkey 128 |" in text and "| after stage 2 (512 tok) | 512 | passkey 512 |" in text
+    console = Console(width=200, record=True)
+    console.print(summary_table(report))
+    shown = console.export_text()
+    assert "eff. length" in shown and "512" in shown.splitlines()[-2]

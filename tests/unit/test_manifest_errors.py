@@ -32,6 +32,10 @@ BAD = [
     (minimal(evaluation={"gates": [{"metric": "passkeyAccuracy"}]}), "spec.evaluation.gates[0]", "at least one"),
     (minimal(evaluation={"gates": [{"metric": "passkeyAccuracy", "min": 1, "atLength": "longest"}]}),
      "spec.evaluation.gates[0].atLength", "atLength"),
+    (minimal(evaluation={"gates": [{"metric": "effectiveLength", "maxIncrease": 0.1}]}),
+     "spec.evaluation.gates[0].maxIncrease", "not maxIncrease"),
+    (minimal(evaluation={"effectiveLengthThreshold": 0}), "spec.evaluation.effectiveLengthThreshold",
+     "greater than 0"),
 ]
 
 

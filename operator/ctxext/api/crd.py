@@ -133,6 +133,8 @@ PRINTER_COLUMNS = [
     _column("Step", ".status.progress.step", "integer", "last optimizer step of the running stage", 1),
     _column("Loss", ".status.loss", "number", "latest training loss"),
     _column("PPL", ".status.perplexity", "number", "latest training perplexity"),
+    _column("EffLen", ".status.effectiveLength", "integer",
+            "effective context length measured by the latest evaluated stage", 1),
     _column("Target", ".spec.targetContextLength", "integer", "target context length", 1),
     _column("Age", ".metadata.creationTimestamp", "date", "time since creation"),
 ]

@@ -186,6 +186,10 @@ class ContextExtensionJobStatus(ApiModel):
     """Latest training loss."""
     perplexity: float | None = None
     """Latest training perplexity."""
+    effective_length: int | None = None
+    """Effective context length measured by the latest evaluated stage: the longest evaluated length up
+    to which retrievalAccuracy stays at or above evaluation.effectiveLengthThreshold (0: not even the
+    shortest)."""
     stages: list[StageStatus] | None = None
     """The planned curriculum with per-stage progress and results."""
     progress: Progress | None = None

@@ -245,6 +245,7 @@ class EvalTask(StrEnum):
     PASSKEY = "passkey"
     NEEDLE = "needle"
     MULTI_KEY_NIAH = "multiKeyNiah"
+    MULTI_VALUE_NIAH = "multiValueNiah"
     VARIABLE_TRACKING = "variableTracking"
     PERPLEXITY = "perplexity"
 
@@ -255,16 +256,28 @@ class GateMetric(StrEnum):
     PASSKEY_ACCURACY = "passkeyAccuracy"
     NEEDLE_ACCURACY = "needleAccuracy"
     MULTI_KEY_NIAH_ACCURACY = "multiKeyNiahAccuracy"
+    MULTI_VALUE_NIAH_ACCURACY = "multiValueNiahAccuracy"
     VARIABLE_TRACKING_ACCURACY = "variableTrackingAccuracy"
+    RETRIEVAL_ACCURACY = "retrievalAccuracy"
+    """Mean accuracy over the retrieval tasks run, per length (RULER's average score)."""
+    EFFECTIVE_LENGTH = "effectiveLength"
+    """Longest length up to which retrievalAccuracy stays at or above evaluation.effectiveLengthThreshold."""
     PERPLEXITY = "perplexity"
 
 
 class Gate(ApiModel):
-    """A condition a stage's evaluation must meet before the next stage starts."""
+    """A condition a stage's evaluation must meet before the next stage starts.
+
+    ``effectiveLength`` is one number in tokens, not per length: its gate takes ``min``/``max`` in
+    tokens, or no bound at all, meaning "effectiveLength >= atLength" (``{metric: effectiveLength}``
+    = effective at the stage's own length)."""
 
     model_config = ApiModel.model_config | {"json_schema_extra": k8s(validations=[
-        cel("has(self.min) || has(self.max) || has(self.maxIncrease)",
+        cel("has(self.min) || has(self.max) || has(self.maxIncrease) || self.metric == 'effectiveLength'",
             "a gate needs at least one of min, max, maxIncrease"),
+        cel("self.metric != 'effectiveLength' || !has(self.maxIncrease)",
+            "an effectiveLength gate takes min/max in tokens (or none: effectiveLength >= atLength), "
+            "not maxIncrease", field_path=".maxIncrease"),
         cel("type(self.atLength) == int || self.atLength in ['stage', 'original']",
             "atLength must be a length in tokens, 'stage' or 'original'", field_path=".atLength"),
     ])}
@@ -288,8 +301,8 @@ class EvaluationSpec(ApiModel):
     enabled: bool = True
     """Run the evaluation suite after each stage."""
     tasks: list[EvalTask] = Field(default_factory=lambda: [EvalTask.PASSKEY, EvalTask.PERPLEXITY],
-                                  max_length=5)
-    """Tasks to run: passkey, needle, multiKeyNiah, variableTracking, perplexity."""
+                                  max_length=6)
+    """Tasks to run: passkey, needle, multiKeyNiah, multiValueNiah, variableTracking, perplexity."""
     lengths: list[SeqLen] | None = Field(default=None, max_length=32)
     """Lengths to evaluate; default originalContextLength and every stage length up to the current one."""
     depths: list[Annotated[float, Field(ge=0, le=1)]] = Field(
@@ -299,6 +312,9 @@ class EvaluationSpec(ApiModel):
     """Samples per (task, length, depth) cell."""
     seed: int = Field(default=20240917, ge=0, le=2**31 - 1)
     """Seed of the evaluation samples; keep it apart from data.seed so tests are unseen."""
+    effective_length_threshold: float = Field(default=0.85, gt=0, le=1)
+    """retrievalAccuracy a length must reach to count towards effectiveLength (RULER: 0.85, about
+    Llama-2-7B's score at 4K)."""
     gates: list[Gate] = Field(default_factory=list, max_length=32)
     """Conditions checked after each stage; a failed gate follows failurePolicy.onGateFailure."""
 

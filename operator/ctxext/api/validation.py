@@ -56,8 +56,12 @@ def spec_rule_violations(spec: ContextExtensionJobSpec) -> list[tuple[str, str]]
                          "file:// or builtin:// checkpoint whose config.json can be read"))
     for i, gate in enumerate(spec.evaluation.gates):
         path = f"spec.evaluation.gates[{i}]"
-        if gate.min is None and gate.max is None and gate.max_increase is None:
+        effective = gate.metric == "effectiveLength"
+        if gate.min is None and gate.max is None and gate.max_increase is None and not effective:
             problems.append((path, "a gate needs at least one of min, max, maxIncrease"))
+        if effective and gate.max_increase is not None:
+            problems.append((f"{path}.maxIncrease", "an effectiveLength gate takes min/max in tokens (or none: "
+                             "effectiveLength >= atLength), not maxIncrease"))
         if isinstance(gate.at_length, str) and gate.at_length not in ("stage", "original"):
             problems.append((f"{path}.atLength", "atLength must be a length in tokens, 'stage' or 'original'"))
     return problems

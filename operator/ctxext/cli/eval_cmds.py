@@ -26,7 +26,7 @@ from ctxext.cli.common import OutputFormat as _Formats
 from ctxext.cli.common import console, emit, err_console, reports_errors
 from ctxext.errors import SpecError
 
-TASKS = ("passkey", "needle", "multiKeyNiah", "variableTracking", "perplexity")
+TASKS = ("passkey", "needle", "multiKeyNiah", "multiValueNiah", "variableTracking", "perplexity")
 
 
 class EvalOutput(StrEnum):
@@ -91,6 +91,14 @@ def _tables(evaluation: dict[str, Any]) -> list[tuple[str, Table]]:
                 t.add_row(task, length, "-" if mean is None else f"{mean:.2f}",
                           *("-" if d not in row else f"{row[d]:.2f}" for d in depths))
         tables.append((f"retrieval accuracy (samples per cell: {evaluation.get('samplesPerCell')})", t))
+    if evaluation.get("retrievalAccuracy"):
+        t = Table()
+        for col in ("", *evaluation["retrievalAccuracy"]):
+            t.add_column(col, justify="left" if not col else "right")
+        t.add_row("mean over tasks", *(f"{v:.2f}" for v in evaluation["retrievalAccuracy"].values()))
+        by_task = ", ".join(f"{k} {v}" for k, v in evaluation.get("effectiveLengthByTask", {}).items())
+        tables.append((f"effective length {evaluation.get('effectiveLength')} at threshold "
+                       f"{evaluation.get('effectiveLengthThreshold')} (by task: {by_task})", t))
     if evaluation.get("perplexity"):
         t = Table()
         t.add_column("length", justify="right")
@@ -125,6 +133,9 @@ def eval_(
                                                "max_position_embeddings."),
     output_dir: Path | None = typer.Option(None, "--output", help="Write plots and evaluation.json to DIR/eval/."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
+    threshold: float = typer.Option(0.85, "--threshold", min=0.01, max=1.0,
+                                    help="Mean retrieval accuracy a length must reach to count towards the "
+                                    "effective length (RULER: 0.85)."),
     output: EvalOutput = typer.Option(EvalOutput.table, "-o", "--output-format", help="table or json."),
 ) -> None:
     """Evaluate a local model: passkey / needle grids over lengths × depths, perplexity by length."""
@@ -158,7 +169,7 @@ def eval_(
     try:
         evaluation = evaluate_model(lm, tokenizer, tasks=task_list, lengths=length_list, depths=depth_list,
                                     samples_per_cell=samples, seed=seed, original_length=l0, output_dir=output_dir,
-                                    corpus_texts=texts, title=model.name)
+                                    corpus_texts=texts, title=model.name, effective_length_threshold=threshold)
     except ValueError as exc:
         raise SpecError([("", str(exc))]) from None
     if output_dir is not None:

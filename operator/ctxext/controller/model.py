@@ -13,8 +13,8 @@ from ctxext.errors import SpecError
 from ctxext.planner import Plan
 
 #: status fields the operator owns; progress and results belong to the trainer and are never written.
-OPERATOR_FIELDS = ("phase", "stage", "currentStage", "seqLen", "ropeTheta", "loss", "perplexity", "stages",
-                   "warnings", "conditions", "finalModelPath", "observedGeneration")
+OPERATOR_FIELDS = ("phase", "stage", "currentStage", "seqLen", "ropeTheta", "loss", "perplexity", "effectiveLength",
+                   "stages", "warnings", "conditions", "finalModelPath", "observedGeneration")
 NUMERIC_FAULTS = ("NonFiniteGradients", "LossSpikes")
 
 

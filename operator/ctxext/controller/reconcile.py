@@ -76,7 +76,21 @@ def _summary(out: dict[str, Any], status: dict[str, Any], stages: list[dict[str,
         out.update(stage=f"{shown['index']}/{len(stages)}", currentStage=shown["index"], seqLen=shown["seqLen"],
                    ropeTheta=shown["ropeTheta"])
     source = _metrics_source(status, stages)
-    out.update(loss=source.get("loss"), perplexity=source.get("perplexity"))
+    out.update(loss=source.get("loss"), perplexity=source.get("perplexity"),
+               effectiveLength=_effective_length(stages))
+
+
+def _effective_length(stages: list[dict[str, Any]]) -> int | None:
+    """effectiveLength of the latest stage whose result has one (None before any evaluation).
+
+    >>> _effective_length([{"result": {"evaluation": {"effectiveLength": 512}}}, {"result": None}])
+    512
+    """
+    for s in reversed(stages):
+        value = ((s.get("result") or {}).get("evaluation") or {}).get("effectiveLength")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return int(value)
+    return None
 
 
 def _invalid(inp: Inputs, d: Decision, conds: Conditions, out: dict[str, Any], started: bool) -> bool:

@@ -61,7 +61,9 @@ class StageBars:
 
 
 def summary_table(report: dict[str, Any]) -> Table:
-    """Passkey accuracy and perplexity by length for the base model and after each stage."""
+    """Passkey accuracy and perplexity by length, and the effective length (the longest length up to
+    which the mean accuracy of the retrieval tasks run stays at or above the threshold,
+    :mod:`ctxext.effective_length`), for the base model and after each stage."""
     lengths = [str(n) for n in report["lengths"]]
     table = Table(title=f"{report['job']}: {report['originalContextLength']} → {report['lengths'][-1]} tokens "
                         f"({report['thetaRule']}) — {report['status']} in {report['wallSeconds']:.0f}s")
@@ -71,13 +73,15 @@ def summary_table(report: dict[str, Any]) -> Table:
         table.add_column(f"passkey@{n}", justify="right")
     for n in lengths:
         table.add_column(f"ppl@{n}", justify="right")
+    table.add_column("eff. length", justify="right")
     table.add_column("train loss", justify="right")
     rows = [("base", report["baseline"], None)] + [(f"stage {s['index']} ({s['seqLen']})", s, s.get("finalLoss"))
                                                    for s in report["stages"]]
     for name, m, loss in rows:
         table.add_row(name, _fmt(m.get("ropeTheta"), ",.0f"),
                       *(_fmt((m.get("passkeyAccuracy") or {}).get(n), ".2f") for n in lengths),
-                      *(_fmt((m.get("perplexity") or {}).get(n), ".2f") for n in lengths), _fmt(loss, ".3f"))
+                      *(_fmt((m.get("perplexity") or {}).get(n), ".2f") for n in lengths),
+                      _fmt(m.get("effectiveLength"), ",d"), _fmt(loss, ".3f"))
     return table
 
 

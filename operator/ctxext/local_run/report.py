@@ -172,6 +172,16 @@ def write_report_md(wd: Workdir, report: dict[str, Any]) -> Path:
              + (f" Reason: {report['reason']}" if report.get("reason") else ""), ""]
     lines += ["## Passkey accuracy by length", "", *metric_table(report, "passkeyAccuracy", ".2f"), ""]
     lines += ["## Held-out perplexity by length", "", *metric_table(report, "perplexity", ".3f"), ""]
+    if any(m.get("retrievalAccuracy") for _, m in _rows(report)):
+        lines += ["## Effective length", "", "Mean accuracy over the retrieval tasks run, by length; the effective "
+                  "length is the longest length up to which it stays at or above the threshold "
+                  f"({report['baseline'].get('effectiveLengthThreshold', 0.85):g}; RULER's definition).", "",
+                  *metric_table(report, "retrievalAccuracy", ".2f"), "",
+                  "| model | effective length | by task |", "|---|---:|---|"]
+        lines += [f"| {name} | {_fmt(m.get('effectiveLength'), ',d')} | "
+                  + ", ".join(f"{t} {v:,}" for t, v in (m.get("effectiveLengthByTask") or {}).items()) + " |"
+                  for name, m in _rows(report)]
+        lines.append("")
     lines += ["## Stages", "", "| stage | seqLen | θ | steps | final loss | tokens/s | wall s | gates |",
               "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for s in report["stages"]:

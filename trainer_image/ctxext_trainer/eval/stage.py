@@ -66,10 +66,12 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
         seed=spec.seed, original_length=config.original_context_length, output_dir=output_dir,
         corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
         labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
-        title=f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})")
+        title=f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
+        effective_length_threshold=spec.effective_length_threshold)
     if notes:
         evaluation["notes"] = notes + list(evaluation.get("notes", []))
     if is_rank0:
-        summary = {k: v for k, v in evaluation.items() if k.endswith("Accuracy") or k == "perplexity"}
+        summary = {k: v for k, v in evaluation.items()
+                   if k.endswith("Accuracy") or k in ("perplexity", "effectiveLength")}
         log.info("stage %d evaluation: %s", config.stage, summary)
     return evaluation

@@ -8,6 +8,8 @@
      "perplexity": {"128": 3.1, "512": 2.9},
      "positionLoss": [{"from": 0, "to": 128, "loss": 1.2}, ..., {"from": 384, "to": 512, "loss": 1.0}],
      "grids": {"passkey": {"128": {"0": 1.0, "0.5": 1.0, "1": 1.0}, "512": {"0": 0.6, ...}}},
+     "retrievalAccuracy": {"128": 1.0, "512": 0.8}, "effectiveLength": 128,           # at threshold 0.85
+     "effectiveLengthByTask": {"passkey": 128}, "effectiveLengthThreshold": 0.85,
      "samplesPerCell": 5,
      "plots": ["<output_dir>/eval/passkey_heatmap.png", "<output_dir>/eval/perplexity_by_position.png"],
      "notes": ["needle at 128: the prompt needs 160 tokens before any haystack"]}   # only when any
@@ -26,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ctxext.effective_length import DEFAULT_THRESHOLD, effective_length_summary
 from ctxext.model_info import BUILTIN_DIR
 from ctxext_trainer.eval import metrics as eval_metrics
 from ctxext_trainer.eval.generate import greedy_generate, truncate_at_eos
@@ -102,13 +105,15 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
                    output_dir: str | Path | None, corpus_texts: Sequence[str] | None = None,
                    perplexity_texts: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
                    registry: Any = None, tokens_per_batch: int = TOKENS_PER_BATCH, bucket_width: int | None = None,
-                   title: str = "") -> dict[str, Any]:
+                   title: str = "", effective_length_threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Run ``tasks`` on ``model`` and return the evaluation dict (format above).
 
     ``corpus_texts`` are the haystack of the needle tasks and, unless ``perplexity_texts`` is given,
     the perplexity text; both default to the builtin tiny corpus. Plots go to ``output_dir/eval/``
     (none when ``output_dir`` is None). ``labels`` (cej, cej_namespace, stage) label the gauges in
-    ``registry``. ``bucket_width`` defaults to ``original_length``. Raises ValueError on bad
+    ``registry``. ``bucket_width`` defaults to ``original_length``. With any retrieval task the dict
+    also holds ``retrievalAccuracy``, ``effectiveLength`` and ``effectiveLengthByTask``
+    (:mod:`ctxext.effective_length`, at ``effective_length_threshold``). Raises ValueError on bad
     arguments or when a corpus task has no corpus text.
     """
     tasks, depths = list(dict.fromkeys(tasks)), sorted(set(depths))
@@ -149,6 +154,7 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
     evaluation: dict[str, Any] = {}
     for task, grid in grids.items():
         evaluation[METRIC_OF_TASK[task]] = {str(n): sum(row.values()) / len(row) for n, row in grid.items() if row}
+    evaluation.update(effective_length_summary(evaluation, threshold=effective_length_threshold))
     if perplexity:
         evaluation["perplexity"] = {str(n): v for n, v in perplexity.items()}
         evaluation["positionLoss"] = buckets[max(buckets)]

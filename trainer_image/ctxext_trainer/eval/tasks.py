@@ -14,6 +14,10 @@ The one-line instruction is included only when it leaves ≥ 3/4 of the length f
                       The special magic number for amber-falcon is       → " 7302114"
     multiKeyNiah      four such needles with different keys (the asked one at the depth, the
                       others at seeded depths); the question names one key → its number
+    multiValueNiah    four needles of ONE key with different numbers ("One of the special magic
+                      numbers for amber-falcon is 7302114.", the first at the depth, the others at
+                      seeded depths); "What are all the special magic numbers for amber-falcon?"
+                                                                         → all four, any order
     variableTracking  … VAR QXKTB = 48213. … VAR LMOPA = VAR QXKTB. … (4 hops, the first at the
                       depth, the rest spread evenly to the end)
                       Question: Which variables are assigned the value 48213? Answer: they are
@@ -22,8 +26,10 @@ The one-line instruction is included only when it leaves ≥ 3/4 of the length f
 passkey uses the classic repeated filler (Mohtashami & Jaggi); the others use corpus text.
 Token counts are exact: ``len(prompt) + max_new_tokens <= length`` for every sample.
 
-Scoring is exact: for the number tasks the first run of digits in the generated text must equal the
-number; for variableTracking every variable of the chain must appear in it (RULER's all-match).
+Scoring is exact: for the single-answer tasks the first run of digits in the generated text must
+equal the number; for multiValueNiah every number and for variableTracking every variable of the
+chain must appear in it (RULER's all-match). The last three are RULER's (Hsieh et al. 2024) NIAH
+multi-key, multi-value and variable-tracking tasks, on this corpus.
 """
 
 from __future__ import annotations
@@ -36,8 +42,10 @@ from dataclasses import dataclass
 from ctxext_trainer.eval.haystack import SentencePool, insert_facts
 from ctxext_trainer.tokenizer import Tokenizer
 
-RETRIEVAL_TASKS = ("passkey", "needle", "multiKeyNiah", "variableTracking")
-CORPUS_TASKS = ("needle", "multiKeyNiah", "variableTracking")
+RETRIEVAL_TASKS = ("passkey", "needle", "multiKeyNiah", "multiValueNiah", "variableTracking")
+CORPUS_TASKS = ("needle", "multiKeyNiah", "multiValueNiah", "variableTracking")
+ALL_MATCH_TASKS = ("multiValueNiah", "variableTracking")
+"""Tasks whose answer is several items, every one of which must appear."""
 WORDS = ("amber", "falcon", "river", "cobalt", "maple", "quartz", "harbor", "willow", "ember", "summit",
          "lantern", "meadow", "cedar", "orbit", "velvet", "canyon")
 INSTRUCTIONS = {
@@ -47,9 +55,12 @@ INSTRUCTIONS = {
               "I will quiz you about it afterwards.",
     "multiKeyNiah": "Some special magic numbers are hidden within the following text. Make sure to memorize "
                     "them. I will quiz you about one of them afterwards.",
+    "multiValueNiah": "Some special magic numbers are hidden within the following text. Make sure to memorize "
+                      "them. I will quiz you about all of them afterwards.",
     "variableTracking": "Memorize and track the chain of variable assignments hidden in the following text.",
 }
 MULTI_KEYS = 4
+MULTI_VALUES = 4
 VT_HOPS = 4
 _ANSWER_MARGIN = 2
 
@@ -68,7 +79,7 @@ class Sample:
     index: int
     input_ids: list[int]
     answer: str
-    """Expected answer: the number, or the variable names separated by spaces."""
+    """Expected answer: the number, or the numbers / variable names separated by spaces."""
     max_new_tokens: int
     fact_starts: list[int]
     """Positions in input_ids where each fact starts (the one asked about first)."""
@@ -99,6 +110,18 @@ def _texts(task: str, depth: float, rng: random.Random) -> tuple[list[tuple[floa
                  for d, k, v in zip(depths, keys, values, strict=True)]
         k = keys[0]
         return facts, f" What is the special magic number for {k}? The special magic number for {k} is", values[0]
+    if task == "multiValueNiah":
+        k = _key(rng, set())
+        taken_values: list[str] = []
+        while len(taken_values) < MULTI_VALUES:
+            value = str(rng.randint(1_000_000, 9_999_999))
+            if value not in taken_values:
+                taken_values.append(value)
+        depths = [depth] + [rng.random() for _ in taken_values[1:]]
+        facts = [(d, f" One of the special magic numbers for {k} is {v}.")
+                 for d, v in zip(depths, taken_values, strict=True)]
+        return facts, (f" What are all the special magic numbers for {k}? The special magic numbers for {k} are"), \
+            " ".join(taken_values)
     if task == "variableTracking":
         v = str(rng.randint(10_000, 99_999))
         names: list[str] = []
@@ -135,7 +158,8 @@ def build_sample(task: str, *, length: int, depth: float, index: int, seed: int,
     prefix = prefix_ids(tokenizer)
     fact_ids = [(d, enc(t)) for d, t in facts]
     question_ids = enc(question)
-    max_new = len(enc(" " + answer)) + _ANSWER_MARGIN
+    spoken = ", ".join(answer.split()) if task == "multiValueNiah" else answer
+    max_new = len(enc(" " + spoken)) + _ANSWER_MARGIN
     fixed = len(prefix) + sum(len(f) for _, f in fact_ids) + len(question_ids) + max_new
     if fixed >= length:
         raise PromptTooLong(f"{task} at {length}: the prompt needs {fixed} tokens before any haystack")
@@ -164,8 +188,13 @@ def score(sample: Sample, generated: str) -> bool:
     >>> v = Sample("variableTracking", 512, 0.0, 0, [], "QXKTB LMOPA", 16, [0], 0)
     >>> score(v, " LMOPA, QXKTB."), score(v, " QXKTB only")
     (True, False)
+    >>> m = Sample("multiValueNiah", 512, 0.0, 0, [], "7302114 4410923", 20, [0], 0)
+    >>> score(m, " 4410923, 7302114."), score(m, " 7302114, 730211")
+    (True, False)
     """
     if sample.task == "variableTracking":
         return set(sample.answer.split()) <= set(_VAR.findall(generated))
+    if sample.task == "multiValueNiah":
+        return set(sample.answer.split()) <= set(_DIGITS.findall(generated))
     found = _DIGITS.search(generated)
     return found is not None and found.group() == sample.answer
