@@ -84,7 +84,36 @@ def test_gpu_flops_and_peaks():
     assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
 
 
-@pytest.mark.parametrize("name", ["_harness", "gpu_throughput"])
+@pytest.mark.parametrize("name", ["_harness", "gpu_throughput", "_tiny_runs", "demo_robustness", "theta_ablation"])
 def test_doctests(name):
     result = doctest.testmod(load_bench(name))
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_evidence_bench_manifests_plan(tmp_path: Path):
+    """The manifests the evidence benchmarks generate pass the planner with the stages they claim."""
+    import json as _json
+
+    from ctxext.manifest import job_from_object
+    from ctxext.planner import plan_curriculum
+
+    ablation, robustness, smollm2 = (load_bench(n) for n in ("theta_ablation", "demo_robustness",
+                                                              "smollm2_extension"))
+    thetas = {}
+    for variant in ("ntk", "scaling-law", "fixed"):
+        plan = plan_curriculum(job_from_object(ablation.manifest(variant, 3)).spec)
+        assert [s.seq_len for s in plan.stages] == [512, 1024, 2048]
+        thetas[variant] = [s.rope_theta for s in plan.stages]
+    assert thetas["fixed"] == [10000.0] * 3 and thetas["ntk"][0] == pytest.approx(43873, rel=1e-4)
+    assert thetas["scaling-law"][2] > thetas["ntk"][2] > thetas["fixed"][2]
+    demo = job_from_object(robustness.manifest(7)).spec
+    assert demo.data.seed == 7 and [s.seq_len for s in plan_curriculum(demo).stages] == [512, 1024]
+    (tmp_path / "config.json").write_text(_json.dumps({
+        "model_type": "llama", "max_position_embeddings": 8192, "rope_parameters": {"rope_type": "default",
+        "rope_theta": 100000.0}, "hidden_size": 576, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152}))
+    obj = smollm2.manifest(tmp_path, original=2048, target=4096, steps=8, lengths=[2048, 4096], samples=1,
+                           nproc=2, seed=1)
+    plan = plan_curriculum(job_from_object(obj).spec)
+    assert [(s.seq_len, s.steps) for s in plan.stages] == [(4096, 8)]
+    assert plan.stages[0].rope_theta > 100000.0
