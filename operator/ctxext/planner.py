@@ -5,7 +5,7 @@ Stage lengths are the explicit ``curriculum.stages`` or, when omitted, generated
 target. Example: L0 = 8192, growthFactor 4, target 1,048,576 → 32768, 131072, 524288, 1048576.
 Each stage gets its RoPE theta from :mod:`ctxext.theta`, its training settings from the stage or
 ``curriculum.stageDefaults``, its rank layout (world = nodes · processes per node, data-parallel =
-world / sequenceParallel), ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP`` and a
+world / sequenceParallel, and sequenceParallel = Ulysses × ring, :mod:`ctxext.sp_layout`), ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP`` and a
 memory estimate (:mod:`ctxext.memory`). A stage whose estimate exceeds ``gpuMemoryGiB`` is an error
 quoting the numbers; one above :data:`TIGHT_FRACTION` of it is a warning.
 """
@@ -23,6 +23,7 @@ from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
 from ctxext.memory import GIB, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
+from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
 from ctxext.step_time import StepTime, estimate_step_time, termination_grace_seconds
 from ctxext.theta import RopeTypeError, ThetaError, check_rope_scalable, stage_theta
 
@@ -56,6 +57,12 @@ class PlannedStage(_Out):
     world_size: int
     sequence_parallel: int
     data_parallel: int
+    ulysses_degree: int = 1
+    """DeepSpeed-Ulysses ranks inside each ring rank (sequence_parallel = ulysses · ring)."""
+    ring_degree: int = 1
+    """Zigzag ring-attention ranks per sequence."""
+    sequence_parallel_layout: str = "no sequence parallelism"
+    """The split in words, e.g. ``SP 16 = Ulysses 8 (1 KV head per rank) x ring 2 (zigzag)``."""
     zero_stage: int
     activation_checkpointing: bool
     tokens_per_step: int
@@ -107,6 +114,23 @@ def _required(value: Any, path: str, what: str, info: ModelInfo) -> Any:
 def _grace(spec: ContextExtensionJobSpec, timing: StepTime | None) -> int:
     explicit = spec.checkpoint.termination_grace_period_seconds
     return explicit if explicit is not None else termination_grace_seconds(timing)
+
+
+def _sp_layout(s: Any, path: str, par: Any, sp: int, info: ModelInfo) -> SPLayout:
+    """The stage's Ulysses × ring split (:mod:`ctxext.sp_layout`), or a :class:`SpecError` naming the field."""
+    ring = (s.ring_degree if s is not None and s.ring_degree else None) or par.ring_degree
+    arch = info.architecture
+    heads = arch.num_attention_heads if arch else None
+    try:
+        return choose_layout(sp, heads, (arch.num_key_value_heads or heads) if arch else None, ring)
+    except LayoutError as exc:
+        if s is not None and s.ring_degree:
+            field = f"{path}.ringDegree"
+        elif s is not None and s.sequence_parallel:
+            field = f"{path}.sequenceParallel"
+        else:
+            field = "spec.parallelism.ringDegree" if par.ring_degree else "spec.parallelism.sequenceParallel"
+        raise SpecError([(field, str(exc))]) from None
 
 
 def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None) -> Plan:
@@ -169,24 +193,18 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
         nodes = pick("nodes")
         world = nodes * per_node
         sp = (s.sequence_parallel if s and s.sequence_parallel else None) or par.sequence_parallel
-        heads = info.architecture.num_attention_heads if info.architecture else None
-        if heads and heads % sp:
-            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
-                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} must divide "
-                              f"the model's {heads} attention heads (Ulysses splits heads over ranks)")])
-        kv_heads = (info.architecture.num_key_value_heads or heads) if info.architecture else None
-        if kv_heads and heads and not heads % sp and kv_heads % sp and sp % kv_heads:
-            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
-                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} does not fit "
-                              f"the model's {kv_heads} key/value heads: Ulysses needs one to divide the other "
-                              f"(split {kv_heads} heads over {sp} ranks, or replicate each head on sp/kv ranks); "
-                              f"use a degree that divides {kv_heads} or a multiple of it")])
+        layout = _sp_layout(s, path, par, sp, info)
         if world % sp:
             raise SpecError([("spec.parallelism.sequenceParallel", f"stage {i + 1} runs {world} processes "
                               f"({nodes} node(s) x {per_node}); sequence-parallel degree {sp} must divide that")])
-        if seq_len % sp:
+        problem = length_problem(seq_len, layout)
+        if problem:
             raise SpecError([(f"{path}.seqLen" if s else "spec.parallelism.sequenceParallel",
-                              f"sequenceParallel {sp} does not divide stage {i + 1}'s seqLen {seq_len}")])
+                              f"stage {i + 1}: {problem} ({layout.describe()})")])
+        if layout.kv_heads and layout.ulysses > layout.kv_heads:
+            warnings.append(f"stage {i + 1}: {layout.describe()}: K/V all-to-all traffic grows "
+                            f"{layout.ulysses // layout.kv_heads}x; the automatic split (ringDegree unset) keeps "
+                            "Ulysses within the KV heads")
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
         estimate, timing = None, None
         if info.architecture is not None:
@@ -216,6 +234,7 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             min_seq_len=l0 if d.variable_length else None,
             batch_size=batch, gradient_accumulation=accum, nodes=nodes, processes_per_node=per_node,
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
+            ulysses_degree=layout.ulysses, ring_degree=layout.ring, sequence_parallel_layout=layout.describe(),
             zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
             tokens_per_step=seq_len * batch * accum * (world // sp),
             estimated_step_seconds=round(timing.step, 3) if timing else None,

@@ -77,7 +77,9 @@ class StageConfig(ApiModel):
     gradient_accumulation: int = 1
     """Micro-steps per optimizer step."""
     sequence_parallel: int = 1
-    """Ulysses degree."""
+    """Sequence-parallel degree: ranks per sequence, Ulysses × ring."""
+    ring_degree: int = Field(default=1, ge=1)
+    """Zigzag ring-attention ranks per sequence; Ulysses runs sequence_parallel / ring_degree inside each."""
     zero_stage: int = Field(default=3, ge=0, le=3)
     """DeepSpeed ZeRO stage."""
     activation_checkpointing: bool = True
@@ -161,6 +163,7 @@ def build_stage_config(
         warmup_steps=stage.warmup_steps, lr_schedule=stage.lr_schedule,
         min_learning_rate_ratio=stage.min_learning_rate_ratio, batch_size=stage.batch_size,
         gradient_accumulation=stage.gradient_accumulation, sequence_parallel=stage.sequence_parallel,
+        ring_degree=stage.ring_degree,
         zero_stage=stage.zero_stage, activation_checkpointing=stage.activation_checkpointing, device=device,
         data=spec.data, evaluation=spec.evaluation, eval_lengths=eval_lengths(job, plan, stage),
         checkpoint_interval=spec.checkpoint.interval_steps, keep_checkpoints=spec.checkpoint.keep_last,

@@ -14,14 +14,16 @@ its own share of the sequence-mean loss::
 Worked example, sp = 2, tokens 3 + 1 with CE sums 6.0 and 2.0: N = 4, rank 0 backpropagates
 6/4 = 1.5, rank 1 2/4 = 0.5; their sum 2.0 is the sequence mean (6 + 2) / 4.
 
-How DeepSpeed 0.19 then reduces gradients over the ``dp · sp`` ranks differs by ZeRO stage
-(measured, and read in its source):
+How DeepSpeed 0.19 then reduces gradients over the ranks differs by ZeRO stage (measured, and read
+in its source). DeepSpeed knows only the Ulysses ranks as "sequence parallel" (its ``mpu``); ring
+ranks are data-parallel ranks to it. With ``sp = ulysses · ring``:
 
-* ZeRO 0–2 divide the all-reduced sum by ``dp`` only (``engine.allreduce_bucket`` and
-  ``stage_1_and_2`` divide by ``world / sp``): they *sum* over the sequence → scale 1;
+* ZeRO 0–2 divide the all-reduced sum by ``world / ulysses`` (``engine.allreduce_bucket`` and
+  ``stage_1_and_2`` divide by ``world / sp_ds``): they *sum* over the Ulysses ranks but *average*
+  over the ring ranks → the loss is scaled by ``ring``;
 * ZeRO-3's reduce-scatter path (``reduce_scatter: true``, which :mod:`ctxext_trainer.engine` pins)
-  divides by the whole partition group ``dp · sp`` (``reduce_scatter_coalesced`` pre-divides by
-  the world size): it *averages* over the sequence → the loss is scaled by ``sp``
+  divides by the whole partition group (``reduce_scatter_coalesced`` pre-divides by the world
+  size): it *averages* over the whole sequence → the loss is scaled by ``sp``
   (:func:`sequence_parallel_loss_scale`).
 
 The Ulysses tutorial instead all-gathers per-rank losses *with autograd*, so every rank holds the
@@ -73,13 +75,21 @@ def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Modul
     return total
 
 
-def sequence_parallel_loss_scale(zero_stage: int, sp_size: int) -> float:
+def sequence_parallel_loss_scale(zero_stage: int, sp_size: int, ulysses_size: int | None = None) -> float:
     """Factor on each rank's loss that makes DeepSpeed's reduced gradient the single-process one.
+
+    ``ulysses_size`` defaults to ``sp_size`` (Ulysses only). Ulysses 2 × ring 2 at ZeRO 2 → 2, at ZeRO 3 → 4:
 
     >>> sequence_parallel_loss_scale(2, 4), sequence_parallel_loss_scale(3, 4), sequence_parallel_loss_scale(3, 1)
     (1.0, 4.0, 1.0)
+    >>> sequence_parallel_loss_scale(2, 4, ulysses_size=2), sequence_parallel_loss_scale(3, 4, ulysses_size=2)
+    (2.0, 4.0)
     """
-    return float(sp_size) if zero_stage == 3 and sp_size > 1 else 1.0
+    if sp_size <= 1:
+        return 1.0
+    if zero_stage == 3:
+        return float(sp_size)
+    return float(sp_size // (ulysses_size or sp_size))
 
 
 class CausalLMTrainModule(nn.Module):

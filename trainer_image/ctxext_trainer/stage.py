@@ -24,13 +24,7 @@ from ctxext_trainer import exit_codes
 from ctxext_trainer.checkpoint import load_latest_checkpoint
 from ctxext_trainer.data.batches import build_stage_data
 from ctxext_trainer.data.packing import StreamState
-from ctxext_trainer.distributed import (
-    Topology,
-    close_distributed,
-    init_distributed,
-    sequence_parallel_group,
-    setup_sequence_parallel,
-)
+from ctxext_trainer.distributed import Topology, close_distributed, init_distributed
 from ctxext_trainer.engine import GRADIENT_CLIPPING, build_engine, deepspeed_config, lr_factor
 from ctxext_trainer.export import export_model
 from ctxext_trainer.guard import HealthGuard
@@ -39,6 +33,7 @@ from ctxext_trainer.metrics import TrainerMetrics
 from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation, resolve_model_path
 from ctxext_trainer.reporting import StatusReporter
 from ctxext_trainer.rope import keep_rope_fp32
+from ctxext_trainer.sequence_parallel import setup_sequence_parallel
 from ctxext_trainer.tokenizer import load_tokenizer
 from ctxext_trainer.train_loop import LoopParts, LoopState, checkpoint_root, run_steps
 
@@ -108,10 +103,12 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
     ds_config = deepspeed_config(config, gradient_clipping=GRADIENT_CLIPPING)
     loaded = load_causal_lm(config.model_path, theta=config.rope_theta, seq_len=config.seq_len, device=config.device,
                             activation_checkpointing=config.activation_checkpointing, ds_config=ds_config)
-    mpu = setup_sequence_parallel(loaded.model, topo, config.batch_size, loaded.attn_implementation)
-    module = CausalLMTrainModule(loaded.model, sp_group=sequence_parallel_group(mpu),
-                                 loss_scale=sequence_parallel_loss_scale(config.zero_stage, topo.sp_size))
-    engine = build_engine(module, config, ds_config, mpu=mpu)
+    sp = setup_sequence_parallel(loaded.model, topo, config.batch_size, loaded.attn_implementation,
+                                 device=config.device)
+    module = CausalLMTrainModule(loaded.model, sp_group=sp.sequence_group,
+                                 loss_scale=sequence_parallel_loss_scale(config.zero_stage, topo.sp_size,
+                                                                         topo.ulysses_size))
+    engine = build_engine(module, config, ds_config, mpu=sp.mpu)
     keep_rope_fp32(loaded.model)
     data = build_stage_data(config, tokenizer)
     guard = HealthGuard(sigma=config.failure_policy.loss_spike_sigma,
@@ -179,7 +176,7 @@ def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str) 
 
 def run_stage(config: StageConfig) -> int:
     """Set up the process group, train the stage, always tear down. Returns the exit code."""
-    topo = init_distributed(config.device, config.sequence_parallel)
+    topo = init_distributed(config.device, config.sequence_parallel, config.ring_degree)
     try:
         return train_stage(config, topo)
     except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help

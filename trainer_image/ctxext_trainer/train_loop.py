@@ -137,7 +137,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     """Train from ``state.step`` to ``config.steps`` unless the guard stops or a preemption arrives."""
     config, engine, topo, guard = parts.config, parts.engine, parts.topo, parts.guard
     layout = Layout(dp_rank=topo.dp_rank, dp_size=topo.dp_size, sp_rank=topo.sp_rank, sp_size=topo.sp_size,
-                    batch_size=config.batch_size, accumulation=config.gradient_accumulation)
+                    batch_size=config.batch_size, accumulation=config.gradient_accumulation, ring_size=topo.ring_size)
     named = engine_named_params(engine)
     zero = config.zero_stage
     nan_steps, spike_steps = (injected_steps(INJECT_NAN_ENV, config.attempt),
