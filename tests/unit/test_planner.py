@@ -151,21 +151,65 @@ def test_nulls_are_dropped_like_the_api_server():
     assert plan.stages[0].batch_size == 1
 
 
-@pytest.mark.parametrize(("heads", "kv", "sp", "ok"), [(24, 6, 4, False), (24, 8, 8, True), (32, 8, 16, True),
-                                                     (32, 8, 4, True), (48, 12, 8, False)])
-def test_sequence_parallel_degree_must_fit_the_kv_heads(heads, kv, sp, ok):
+def _with_heads(heads: int, kv: int, sp: int, ring: int | None = None) -> dict:
     obj = example("llama3-8b-1m.yaml")
     arch = obj["spec"]["model"]["architecture"]
     arch.update(numAttentionHeads=heads, numKeyValueHeads=kv, hiddenSize=heads * 128)
     obj["spec"]["parallelism"]["sequenceParallel"] = sp
+    if ring is not None:
+        obj["spec"]["parallelism"]["ringDegree"] = ring
     for stage in obj["spec"]["curriculum"].get("stages") or []:
         stage.pop("sequenceParallel", None)
-        stage["nodes"] = 6
+        stage["nodes"] = 12
     obj["spec"]["resources"]["gpuMemoryGiB"] = 1000
-    if ok:
-        assert plan_of(obj).stages[0].sequence_parallel == sp
-        return
+    return obj
+
+
+@pytest.mark.parametrize(("heads", "kv", "sp", "ulysses", "ring"), [
+    (32, 8, 8, 8, 1), (32, 8, 16, 8, 2), (32, 8, 32, 8, 4), (24, 6, 4, 2, 2), (48, 12, 8, 4, 2),
+    (32, 8, 4, 4, 1), (32, 4, 32, 4, 8), (4, 1, 8, 1, 8)])
+def test_automatic_split_keeps_ulysses_within_the_kv_heads_and_rings_the_rest(heads, kv, sp, ulysses, ring):
+    stage = plan_of(_with_heads(heads, kv, sp)).stages[0]
+    assert (stage.sequence_parallel, stage.ulysses_degree, stage.ring_degree) == (sp, ulysses, ring)
+    assert stage.sequence_parallel_layout.startswith(f"SP {sp} = ")
+    assert ("ring" in stage.sequence_parallel_layout) == (ring > 1)
+
+
+def test_plan_says_the_layout_in_words():
+    stages = plan_of(example("llama3-8b-1m.yaml")).stages
+    assert [s.sequence_parallel_layout for s in stages[:2]] == [
+        "SP 8 = Ulysses 8 (1 KV head per rank)", "SP 16 = Ulysses 8 (1 KV head per rank) x ring 2 (zigzag)"]
+
+
+@pytest.mark.parametrize(("heads", "kv", "sp", "why"), [
+    (24, 6, 4, "Ulysses 4 and the 6 key/value heads must divide one another"),
+    (24, 8, 16, "Ulysses 16 must divide the 24 attention heads"),
+    (32, 8, 64, "Ulysses 64 must divide the 32 attention heads")])
+def test_ulysses_only_is_refused_where_it_cannot_split_the_heads(heads, kv, sp, why):
     with pytest.raises(SpecError) as err:
+        plan_of(_with_heads(heads, kv, sp, ring=1))
+    assert err.value.field == "spec.parallelism.ringDegree"
+    message = str(err.value)
+    assert f"sequence-parallel degree {sp} with ringDegree 1 runs Ulysses {sp}, but {why}" in message
+    assert "leave ringDegree unset for the automatic split" in message
+
+
+def test_ulysses_beyond_the_kv_heads_replicates_them_with_a_warning():
+    plan = plan_of(_with_heads(32, 8, 16, ring=1))
+    assert (plan.stages[0].ulysses_degree, plan.stages[0].ring_degree) == (16, 1)
+    assert any("replicated on 2 ranks" in w and "K/V all-to-all traffic grows 2x" in w for w in plan.warnings)
+
+
+def test_ring_degree_must_divide_the_sequence_parallel_degree():
+    with pytest.raises(SpecError) as err:
+        plan_of(_with_heads(32, 8, 8, ring=3))
+    assert err.value.field == "spec.parallelism.ringDegree"
+    assert "ringDegree must divide sequenceParallel: 3 does not divide 8" in str(err.value)
+
+
+def test_zigzag_ring_needs_seq_len_a_multiple_of_twice_the_degree():
+    obj = minimal(targetContextLength=8192 + 16 * 8 * 2 + 16, resources={"gpusPerNode": 16},
+                  parallelism={"sequenceParallel": 16})
+    obj["spec"]["model"]["architecture"] = example("llama3-8b-1m.yaml")["spec"]["model"]["architecture"]
+    with pytest.raises(SpecError, match="must be a multiple of 32 \\(2 x SP 16: zigzag ring attention"):
         plan_of(obj)
-    assert err.value.field == "spec.parallelism.sequenceParallel"
-    assert f"sequence-parallel degree {sp} does not fit the model's {kv} key/value heads" in str(err.value)
