@@ -16,6 +16,7 @@ rotated q/k, attention output, the post-attention residual, and gate, up, act(ga
     with checkpointing:  layers · s · h · a  (layer inputs)  +  2 · s · E · a  (one layer recomputed,
                          plus the gradients flowing through it)
     without:             layers · s · E · a
+    selective (c of the layers checkpointed): c · s · h · a + (layers − c) · s · E · a + 2 · s · E · a
     logits: min(s, LOSS_CHUNK_TOKENS) · V · (a + 8)   (the trainer computes the loss in chunks)
 
 Worked example, Llama-3-8B (Ψ = 8.03e9, h = 4096, I = 14336, kv = 1024, V = 128256) at 65,536
@@ -90,8 +91,12 @@ def estimate_memory(
     activation_checkpointing: bool,
     on_gpu: bool,
     head_dim: int | None = None,
+    checkpointed_layers: int | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of one rank for one stage (see the module docstring for the model)."""
+    """Peak memory of one rank for one stage (see the module docstring for the model).
+
+    ``checkpointed_layers`` (with ``activation_checkpointing``): how many decoder layers recompute
+    in backward; None = all of them."""
     n = parameter_count(arch, head_dim)
     w_b, g_b, o_b, act_b = (2, 2, 12, 2) if on_gpu else (4, 4, 8, 4)
     world = max(1, world_size)
@@ -111,7 +116,8 @@ def estimate_memory(
     s = seq_len // max(1, sequence_parallel) * batch_size
     per_token_layer = 11 * h + 3 * kv + 4 * inter + ((h + 2 * kv) if sequence_parallel > 1 else 0)
     if activation_checkpointing:
-        acts = arch.num_layers * s * h * act_b + 2 * s * per_token_layer * act_b
+        c = arch.num_layers if checkpointed_layers is None else max(0, min(checkpointed_layers, arch.num_layers))
+        acts = (c * s * h + (arch.num_layers - c) * s * per_token_layer + 2 * s * per_token_layer) * act_b
     else:
         acts = arch.num_layers * s * per_token_layer * act_b
     logits = min(s, LOSS_CHUNK_TOKENS) * v * (act_b + 8)

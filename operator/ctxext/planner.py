@@ -13,6 +13,8 @@ quoting the numbers; one above :data:`TIGHT_FRACTION` of it is a warning.
 from __future__ import annotations
 
 import itertools
+import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,7 +23,8 @@ from pydantic.alias_generators import to_camel
 from ctxext.api.job import ContextExtensionJobSpec
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
-from ctxext.memory import GIB, estimate_memory
+from ctxext.api.spec import ModelArchitecture
+from ctxext.memory import GIB, MemoryEstimate, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
 from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
 from ctxext.step_time import StepTime, estimate_step_time, termination_grace_seconds
@@ -65,6 +68,8 @@ class PlannedStage(_Out):
     """The split in words, e.g. ``SP 16 = Ulysses 8 (1 KV head per rank) x ring 2 (zigzag)``."""
     zero_stage: int
     activation_checkpointing: bool
+    checkpointed_layers: int | None = None
+    """Decoder layers that recompute in backward (selective checkpointing); None = all of them."""
     tokens_per_step: int
     estimated_step_seconds: float | None = None
     """Pessimistic seconds of one optimizer step (:mod:`ctxext.step_time`); None without an architecture."""
@@ -114,6 +119,19 @@ def _required(value: Any, path: str, what: str, info: ModelInfo) -> Any:
 def _grace(spec: ContextExtensionJobSpec, timing: StepTime | None) -> int:
     explicit = spec.checkpoint.termination_grace_period_seconds
     return explicit if explicit is not None else termination_grace_seconds(timing)
+
+
+def checkpointed_layer_count(num_layers: int, fraction: float | None, total_gib: Callable[[int], float],
+                             budget_gib: float) -> int:
+    """Layers to checkpoint: ``ceil(fraction · layers)`` when set, else the fewest whose estimate
+    ``total_gib(c)`` fits ``budget_gib`` (all layers when none fits; the memory check then speaks).
+
+    >>> checkpointed_layer_count(32, 0.5, lambda c: 0.0, 10.0), checkpointed_layer_count(32, None, lambda c: 40 - c, 20.0)
+    (16, 20)
+    """
+    if fraction is not None:
+        return min(num_layers, math.ceil(fraction * num_layers))
+    return next((c for c in range(num_layers + 1) if total_gib(c) <= budget_gib), num_layers)
 
 
 def _sp_layout(s: Any, path: str, par: Any, sp: int, info: ModelInfo) -> SPLayout:
@@ -206,12 +224,19 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
                             f"{layout.ulysses // layout.kv_heads}x; the automatic split (ringDegree unset) keeps "
                             "Ulysses within the KV heads")
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
-        estimate, timing = None, None
+        estimate, timing, ckpt_layers = None, None, None
         if info.architecture is not None:
-            estimate = estimate_memory(
-                info.architecture, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
-                zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
-                on_gpu=on_gpu, head_dim=info.head_dim)
+            def estimate_at(layers: int | None, arch: ModelArchitecture = info.architecture) -> MemoryEstimate:
+                return estimate_memory(
+                    arch, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
+                    zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+                    on_gpu=on_gpu, head_dim=info.head_dim, checkpointed_layers=layers)
+
+            ckpt_layers = checkpointed_layer_count(info.architecture.num_layers, par.checkpoint_layer_fraction,
+                                                   lambda c: estimate_at(c).total, TIGHT_FRACTION * res.gpu_memory_gib)
+            if not (on_gpu and par.activation_checkpointing):
+                ckpt_layers = None
+            estimate = estimate_at(ckpt_layers)
             total = estimate.total
             timing = estimate_step_time(
                 info.architecture, seq_len=seq_len, batch_size=batch, accumulation=accum, sequence_parallel=sp,
@@ -236,7 +261,7 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
             ulysses_degree=layout.ulysses, ring_degree=layout.ring, sequence_parallel_layout=layout.describe(),
             zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
-            tokens_per_step=seq_len * batch * accum * (world // sp),
+            checkpointed_layers=ckpt_layers, tokens_per_step=seq_len * batch * accum * (world // sp),
             estimated_step_seconds=round(timing.step, 3) if timing else None,
             termination_grace_period_seconds=_grace(spec, timing),
             estimated_memory_gib=round(estimate.total, 2) if estimate else None,

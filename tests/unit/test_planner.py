@@ -62,10 +62,28 @@ def test_memory_overflow_is_an_error_quoting_numbers():
 
 
 def test_tight_memory_is_a_warning():
-    plan = plan_of(example("llama3-8b-1m.yaml"))
-    biggest = max(s.estimated_memory_gib for s in plan.stages)
-    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", round(biggest / 0.95, 1))
+    every_layer = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 1.0)
+    biggest = max(s.estimated_memory_gib for s in plan_of(every_layer).stages)
+    obj = with_path(every_layer, "spec.resources.gpuMemoryGiB", round(biggest / 0.95, 1))
     assert any("tight" in w for w in plan_of(obj).warnings)
+
+
+def test_selective_checkpointing_recomputes_the_fewest_layers_that_fit():
+    stages = plan_of(example("llama3-8b-1m.yaml")).stages  # 48 GiB GPUs, 32 layers
+    every = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 1.0)).stages
+    for s, e in zip(stages, every, strict=True):
+        assert s.checkpointed_layers is not None and 0 < s.checkpointed_layers < 32
+        assert e.estimated_memory_gib < s.estimated_memory_gib <= 0.9 * 48
+    roomy = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", 4000)).stages
+    assert {s.checkpointed_layers for s in roomy} == {0}
+    half = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 0.5)
+    assert {s.checkpointed_layers for s in plan_of(with_path(half, "spec.resources.gpuMemoryGiB", 4000)).stages} == {16}
+    with pytest.raises(SpecError, match="needs about 57.0 GiB per GPU but gpuMemoryGiB is 48"):
+        plan_of(half)  # an explicit fraction is kept, and then the 64K stage does not fit
+
+
+def test_cpu_stages_checkpoint_every_layer():
+    assert {s.checkpointed_layers for s in plan_of(example("tiny-cpu.yaml")).stages} == {None}
 
 
 def test_no_checkpointing_at_1m_does_not_fit():

@@ -200,6 +200,10 @@ class ParallelismSpec(ApiModel):
     """DeepSpeed ZeRO stage (0–3): what is sharded over ranks (3 = weights, gradients, optimizer)."""
     activation_checkpointing: bool = True
     """Recompute layer activations in the backward pass (needed for long sequences)."""
+    checkpoint_layer_fraction: float | None = Field(default=None, gt=0, le=1)
+    """With activationCheckpointing: the fraction of decoder layers that recompute (evenly spread;
+    the others keep their activations, which saves their recomputation). Unset = automatic on GPU:
+    the fewest layers whose memory estimate fits 90% of gpuMemoryGiB; all layers on CPU."""
 
 
 class DataFormat(StrEnum):

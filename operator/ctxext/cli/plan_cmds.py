@@ -28,8 +28,15 @@ def _fmt_sp(stage: PlannedStage) -> str:
 
 
 def layout_lines(plan: Plan) -> list[str]:
-    """One line per stage with sequence parallelism: how its ranks split a sequence."""
-    return [f"stage {s.index}: {s.sequence_parallel_layout}" for s in plan.stages if s.sequence_parallel > 1]
+    """One line per stage: how its ranks split a sequence, and selective checkpointing if any."""
+    lines = []
+    for s in plan.stages:
+        parts = [s.sequence_parallel_layout] if s.sequence_parallel > 1 else []
+        if s.checkpointed_layers is not None:
+            parts.append(f"activation checkpointing on {s.checkpointed_layers} layers (selective)")
+        if parts:
+            lines.append(f"stage {s.index}: " + "; ".join(parts))
+    return lines
 
 
 def plan_table(plan: Plan, title: str) -> Table:
