@@ -52,7 +52,9 @@ class Block(Enum):
 
 
 def ring_block(r: int, j: int) -> Block:
-    """>>> [ring_block(1, j).name for j in (0, 1, 2)]
+    """The block of ring step with rank ``j``'s K/V (module docstring).
+
+    >>> [ring_block(1, j).name for j in (0, 1, 2)]
     ['EARLY_KEYS', 'DIAGONAL', 'LATE_QUERIES']
     """
     if j == r:
