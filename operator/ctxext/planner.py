@@ -5,13 +5,16 @@ Stage lengths are the explicit ``curriculum.stages`` or, when omitted, generated
 target. Example: L0 = 8192, growthFactor 4, target 1,048,576 → 32768, 131072, 524288, 1048576.
 Each stage gets its RoPE theta from :mod:`ctxext.theta`, its training settings from the stage or
 ``curriculum.stageDefaults``, its rank layout (world = nodes · processes per node, data-parallel =
-world / sequenceParallel, and sequenceParallel = Ulysses × ring, :mod:`ctxext.sp_layout`), ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP`` and a
-memory estimate (:mod:`ctxext.memory`). A stage whose estimate exceeds ``gpuMemoryGiB`` is an error
-quoting the numbers; one above :data:`TIGHT_FRACTION` of it is a warning.
+world / sequenceParallel, sequenceParallel = Ulysses × ring: :mod:`ctxext.sp_layout`),
+``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP``, the activation-checkpointed
+layers (selective: the fewest that fit on GPU) and a memory estimate (:mod:`ctxext.memory`). A
+stage whose estimate exceeds ``gpuMemoryGiB`` is an error quoting the numbers; one above
+:data:`TIGHT_FRACTION` of it is a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable
@@ -21,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ctxext.api.job import ContextExtensionJobSpec
+from ctxext.api.spec import ModelArchitecture
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
-from ctxext.api.spec import ModelArchitecture
 from ctxext.memory import GIB, MemoryEstimate, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
 from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
@@ -121,13 +124,19 @@ def _grace(spec: ContextExtensionJobSpec, timing: StepTime | None) -> int:
     return explicit if explicit is not None else termination_grace_seconds(timing)
 
 
+def _estimate(arch: ModelArchitecture, layers: int | None, **kwargs: Any) -> MemoryEstimate:
+    return estimate_memory(arch, checkpointed_layers=layers, **kwargs)
+
+
 def checkpointed_layer_count(num_layers: int, fraction: float | None, total_gib: Callable[[int], float],
                              budget_gib: float) -> int:
     """Layers to checkpoint: ``ceil(fraction · layers)`` when set, else the fewest whose estimate
     ``total_gib(c)`` fits ``budget_gib`` (all layers when none fits; the memory check then speaks).
 
-    >>> checkpointed_layer_count(32, 0.5, lambda c: 0.0, 10.0), checkpointed_layer_count(32, None, lambda c: 40 - c, 20.0)
-    (16, 20)
+    >>> checkpointed_layer_count(32, 0.5, lambda c: 0.0, 10.0)
+    16
+    >>> checkpointed_layer_count(32, None, lambda c: 40 - c, 20.0)  # 40 GiB less 1 per recomputed layer
+    20
     """
     if fraction is not None:
         return min(num_layers, math.ceil(fraction * num_layers))
@@ -226,14 +235,15 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
         estimate, timing, ckpt_layers = None, None, None
         if info.architecture is not None:
-            def estimate_at(layers: int | None, arch: ModelArchitecture = info.architecture) -> MemoryEstimate:
-                return estimate_memory(
-                    arch, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
-                    zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
-                    on_gpu=on_gpu, head_dim=info.head_dim, checkpointed_layers=layers)
+            estimate_at = functools.partial(
+                _estimate, info.architecture, seq_len=seq_len, batch_size=batch, world_size=world,
+                sequence_parallel=sp, zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+                on_gpu=on_gpu, head_dim=info.head_dim)
+            def total_at(c: int, est: Callable[[int | None], MemoryEstimate] = estimate_at) -> float:
+                return est(c).total
 
             ckpt_layers = checkpointed_layer_count(info.architecture.num_layers, par.checkpoint_layer_fraction,
-                                                   lambda c: estimate_at(c).total, TIGHT_FRACTION * res.gpu_memory_gib)
+                                                   total_at, TIGHT_FRACTION * res.gpu_memory_gib)
             if not (on_gpu and par.activation_checkpointing):
                 ckpt_layers = None
             estimate = estimate_at(ckpt_layers)

@@ -111,7 +111,8 @@ def choose_layout(sp: int, heads: int | None, kv_heads: int | None, ring: int | 
     >>> choose_layout(12, 32, 8, ring=1)
     Traceback (most recent call last):
     ...
-    ctxext.sp_layout.LayoutError: sequence-parallel degree 12 with ringDegree 1 runs Ulysses 12, but Ulysses 12 must divide the 32 attention heads; leave ringDegree unset for the automatic split (Ulysses 4 x ring 3) or pick a ringDegree that divides 12
+    ctxext.sp_layout.LayoutError: sequence-parallel degree 12 with ringDegree 1 runs Ulysses 12, but Ulysses 12 \
+must divide the 32 attention heads; leave ringDegree unset for the automatic split (Ulysses 4 x ring 3) or ...
     """
     kv = (kv_heads or heads) if heads else None
     if ring is None:
@@ -134,7 +135,7 @@ def length_problem(seq_len: int, layout: SPLayout) -> str | None:
     >>> length_problem(4096, SPLayout(8, 2)) is None
     True
     >>> length_problem(4080, SPLayout(8, 2))
-    'seqLen 4080 must be a multiple of 32 (2 x SP 16: zigzag ring attention cuts each sequence into 2 x ring chunks, each split over the Ulysses ranks)'
+    'seqLen 4080 must be a multiple of 32 (2 x SP 16: zigzag ring attention cuts each sequence into 2 x ring ...'
     """
     m = layout.token_multiple
     if seq_len % m == 0:

@@ -45,7 +45,8 @@ def _run_worker(tiny_model: Path, out: Path, nproc: int, stages: tuple[int, ...]
     worker = Path(__file__).with_name("sp_grad_worker.py")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                            f"--master-port={free_port()}", str(worker), str(tiny_model), str(out),
-                           str(ring), *map(str, stages)], env=trainer_env(), capture_output=True, text=True, timeout=300)
+                           str(ring), *map(str, stages)], env=trainer_env(), capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out
 

@@ -78,7 +78,7 @@ def test_selective_checkpointing_recomputes_the_fewest_layers_that_fit():
     assert {s.checkpointed_layers for s in roomy} == {0}
     half = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 0.5)
     assert {s.checkpointed_layers for s in plan_of(with_path(half, "spec.resources.gpuMemoryGiB", 4000)).stages} == {16}
-    with pytest.raises(SpecError, match="needs about 57.0 GiB per GPU but gpuMemoryGiB is 48"):
+    with pytest.raises(SpecError, match=r"needs about 57\.0 GiB per GPU but gpuMemoryGiB is 48"):
         plan_of(half)  # an explicit fraction is kept, and then the 64K stage does not fit
 
 
