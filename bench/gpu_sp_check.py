@@ -78,7 +78,9 @@ def run_stage(model_dir: Path, work: Path, logs: Path, *, nproc: int, ulysses: i
 
 
 def max_relative_difference(a: list[float], b: list[float]) -> float | None:
-    """>>> max_relative_difference([2.0, 4.0], [2.0, 4.2])
+    """Largest |a − b| / |b| over the steps (None when the runs differ in length).
+
+    >>> max_relative_difference([2.0, 4.2], [2.0, 4.0])
     0.05
     """
     if not a or len(a) != len(b):

@@ -7,8 +7,9 @@ what each overhead costs (all on the same GPU, in the same run):
 ``default``    what ctxext runs: ZeRO-1 on one rank (nothing partitioned), fused LM head + CE
                (Liger's on CUDA when installed), the planner's selective activation checkpointing
                for this GPU's memory, torch's SDPA backend order, fused AdamW
-``zero3``      the behaviour before issue #16: ZeRO-3 on one rank (``CTXEXT_SINGLE_RANK_ZERO_STAGE=3``;
-               the chunked, recomputed CE follows), every layer checkpointed
+``zero3``      the choices before issue #16: ZeRO-3 on one rank (``CTXEXT_SINGLE_RANK_ZERO_STAGE=3``;
+               the chunked, recomputed CE follows), every layer checkpointed (fused AdamW and one
+               host sync per step apply to every variant)
 ``cudnn``      ``default`` with SDPA backends tried cuDNN → flash → efficient → math
 ``fullckpt``   ``default`` with every layer checkpointed
 =============  ==================================================================================
@@ -41,7 +42,9 @@ VARIANTS: dict[str, Variant] = {
 
 
 def parse_variants(text: str) -> list[Variant]:
-    """>>> [v.name for v in parse_variants("default, zero3")]
+    """The variants named in ``text``, in order.
+
+    >>> [v.name for v in parse_variants("default, zero3")]
     ['default', 'zero3']
     >>> parse_variants("nope")
     Traceback (most recent call last):
