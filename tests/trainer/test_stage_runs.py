@@ -204,7 +204,7 @@ def test_ulysses_times_ring_stage_trains_what_one_process_trains(tiny_model: Pat
         assert have[:2] == pytest.approx(ref[:2], rel=2e-4), (step, have, ref)
     hybrid_result, single_result = read_result(out), read_result(single_out)
     assert hybrid_result is not None and single_result is not None
-    assert hybrid_result.runtime["attention"] == "Ulysses 2 x ring 2 (ctxext zigzag ring (PyTorch, fp32 blocks))"
+    assert hybrid_result.runtime["attention"] == "Ulysses 2 x ring 2 (ctxext zigzag ring, aten blocks)"
     assert hybrid_result.runtime["zeroStage"] == 2 and hybrid_result.runtime["lossKernel"] == "fused"
     assert single_result.runtime == {"attention": "sdpa", "sdpaBackends": "torch default", "zeroStage": 1,
                                      "zeroStageRequested": 3, "activationCheckpointing": "1/2 layers",

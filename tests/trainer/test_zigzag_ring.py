@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ctxext_trainer import ring_attention
+from ctxext_trainer import ring_kernels
 from ctxext_trainer.data.batches import Layout
-from ctxext_trainer.ring_attention import block_backward, block_forward, ring_backward, ring_forward
+from ctxext_trainer.ring_attention import ring_backward, ring_forward
+from ctxext_trainer.ring_kernels import AtenKernel, MathKernel
 from ctxext_trainer.zigzag import Block, merge_into, ring_block, shard_indices, shard_ranges
 
 
@@ -53,26 +54,44 @@ def test_merging_blocks_over_disjoint_keys_equals_attention_over_all_of_them():
     q, k, v = torch.randn(1, 2, 6, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
     out, lse = torch.zeros(1, 2, 6, 8), torch.full((1, 2, 6), float("-inf"))
     for keys in (slice(0, 3), slice(3, 7), slice(7, 10)):
-        merge_into(out, lse, *block_forward(q, k[:, :, keys], v[:, :, keys], False, 0.3))
+        merge_into(out, lse, *MathKernel.forward(q, k[:, :, keys], v[:, :, keys], False, 0.3))
     ref = F.scaled_dot_product_attention(q, k, v, scale=0.3)
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.allclose(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 0.3, -1), atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", [MathKernel, AtenKernel])
 @pytest.mark.parametrize("causal", [True, False])
-def test_block_backward_matches_autograd_with_grouped_kv_heads(causal, monkeypatch):
-    monkeypatch.setattr(ring_attention, "QUERY_CHUNK", 3)  # several query chunks
+def test_block_kernels_match_autograd_with_grouped_kv_heads(kernel, causal, monkeypatch):
+    monkeypatch.setattr(ring_kernels, "QUERY_CHUNK", 3)  # several query chunks (math kernel)
     torch.manual_seed(1)
     q = torch.randn(2, 4, 7, 8, requires_grad=True)
     k, v = (torch.randn(2, 2, 7, 8, requires_grad=True) for _ in range(2))
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=0.25, enable_gqa=True)
     dout = torch.randn_like(ref)
     ref.backward(dout)
-    out, lse = block_forward(q.detach(), k.detach(), v.detach(), causal, 0.25)
+    out, lse = kernel.forward(q.detach(), k.detach(), v.detach(), causal, 0.25)
     assert torch.allclose(out, ref, atol=1e-5)
-    grads = block_backward(dout, q.detach(), k.detach(), v.detach(), out, lse, causal, 0.25)
+    assert torch.allclose(lse, MathKernel.forward(q.detach(), k.detach(), v.detach(), causal, 0.25)[1], atol=1e-5)
+    grads = kernel.backward(dout, q.detach(), k.detach(), v.detach(), out, lse, causal, 0.25)
     for got, want in zip(grads, (q.grad, k.grad, v.grad), strict=True):
         assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_the_aten_kernel_is_chosen_only_where_its_probe_agrees_with_math(monkeypatch):
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    assert ring_kernels.kernel_for(torch.device("cpu"), torch.float32) is AtenKernel
+
+    def wrong(*args):
+        out, lse = MathKernel.forward(*args)
+        return out * 1.01, lse
+
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    monkeypatch.setattr(AtenKernel, "forward", staticmethod(wrong))
+    assert ring_kernels.kernel_for(torch.device("cpu"), torch.float32) is MathKernel
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    monkeypatch.setenv(ring_kernels.KERNEL_ENV, "aten")
+    assert ring_kernels.kernel_for(torch.device("cpu"), torch.float32) is AtenKernel
 
 
 class _ThreadRing:
@@ -106,8 +125,11 @@ def _run_ring(ring: int, fn: Any, per_rank_args: list[tuple[Any, ...]]) -> list[
     return results
 
 
+@pytest.mark.parametrize("kernel", ["math", "aten"])
 @pytest.mark.parametrize("ring", [2, 3, 4])
-def test_threaded_zigzag_ring_equals_full_causal_attention_forward_and_backward(ring):
+def test_threaded_zigzag_ring_equals_full_causal_attention_forward_and_backward(ring, kernel, monkeypatch):
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    monkeypatch.setenv(ring_kernels.KERNEL_ENV, kernel)
     torch.manual_seed(ring)
     length, scale = 8 * ring, 0.35
     q = torch.randn(1, 4, length, 8, requires_grad=True)

@@ -14,9 +14,10 @@ accumulators travel with their K/V; after the last step one more shift brings ea
 one local block at a time: no rank ever holds the whole sequence's K/V.
 
 Kernels: ``ring_flash_attn.zigzag_ring_flash_attn_func`` (the same zigzag layout, flash-attention
-blocks) on CUDA when that package is installed; otherwise the exact PyTorch kernel here, fp32,
-chunked over queries (:data:`QUERY_CHUNK`) so a block's score matrix stays bounded. The kernel in
-use is reported by :func:`kernel_name` (logged and written to the stage result).
+blocks) on CUDA when that package is installed; otherwise this ring with the block kernels of
+:mod:`ctxext_trainer.ring_kernels` — torch's own flash-attention ops where a probe shows them right,
+else exact fp32 PyTorch. The kernel in use is reported by :func:`kernel_name` (logged and written to
+the stage result).
 """
 
 from __future__ import annotations
@@ -27,76 +28,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ctxext_trainer.ring_kernels import kernel_for
 from ctxext_trainer.zigzag import Block, merge_into, ring_block
 
 NAME = "ctxext_ring"
-QUERY_CHUNK = 4096
 _RING: dict[str, Any] = {"group": None}
-
-
-def _expand(kv: torch.Tensor, groups: int) -> torch.Tensor:
-    return kv if groups == 1 else kv.repeat_interleave(groups, dim=1)
-
-
-def _mask(sq: int, sk: int, start: int, causal: bool, device: torch.device) -> torch.Tensor | None:
-    """True where query ``start + i`` may not see key ``j`` (causal, square block)."""
-    if not causal:
-        return None
-    rows = torch.arange(start, start + sq, device=device).unsqueeze(1)
-    return torch.arange(sk, device=device).unsqueeze(0) > rows
-
-
-def block_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention of one block: ``(out, lse)`` in fp32. q (b, h, sq, d); k, v (b, h_kv, sk, d).
-
-    >>> q, k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 1, 5, 4), torch.randn(1, 1, 5, 4)
-    >>> out, _ = block_forward(q, k, v, True, 0.5)
-    >>> ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5, enable_gqa=True)
-    >>> bool(torch.allclose(out, ref, atol=1e-5))
-    True
-    """
-    groups = q.shape[1] // k.shape[1]
-    kf, vf = _expand(k, groups).float(), _expand(v, groups).float()
-    out = q.new_empty(q.shape, dtype=torch.float32)
-    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-    for start in range(0, q.shape[2], QUERY_CHUNK):
-        qc = q[:, :, start:start + QUERY_CHUNK].float()
-        scores = qc @ kf.transpose(-1, -2) * scale
-        mask = _mask(qc.shape[2], kf.shape[2], start, causal, q.device)
-        if mask is not None:
-            scores.masked_fill_(mask, float("-inf"))
-        chunk_lse = torch.logsumexp(scores, dim=-1)
-        out[:, :, start:start + QUERY_CHUNK] = torch.exp(scores - chunk_lse.unsqueeze(-1)) @ vf
-        lse[:, :, start:start + QUERY_CHUNK] = chunk_lse
-    return out, lse
-
-
-def block_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                   lse: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, ...]:
-    """Gradients ``(dq, dk, dv)`` (fp32) of one block's share of the attention, given the final
-    ``out`` and ``lse`` of these queries over *all* keys (flash-attention's backward recurrence)."""
-    groups = q.shape[1] // k.shape[1]
-    kf, vf = _expand(k, groups).float(), _expand(v, groups).float()
-    dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    dk, dv = torch.zeros_like(kf), torch.zeros_like(vf)
-    for start in range(0, q.shape[2], QUERY_CHUNK):
-        sl = slice(start, start + QUERY_CHUNK)
-        qc, doc = q[:, :, sl].float(), dout[:, :, sl].float()
-        scores = qc @ kf.transpose(-1, -2) * scale
-        mask = _mask(qc.shape[2], kf.shape[2], start, causal, q.device)
-        if mask is not None:
-            scores.masked_fill_(mask, float("-inf"))
-        p = torch.exp(scores - lse[:, :, sl].unsqueeze(-1))
-        dv += p.transpose(-1, -2) @ doc
-        delta = (doc * out[:, :, sl].float()).sum(-1, keepdim=True)
-        ds = p * (doc @ vf.transpose(-1, -2) - delta)
-        dq[:, :, sl] = ds @ kf * scale
-        dk += ds.transpose(-1, -2) @ qc * scale
-    if groups > 1:  # a KV head's gradient is the sum over the query heads that share it
-        dk = dk.view(k.shape[0], k.shape[1], groups, *k.shape[2:]).sum(2)
-        dv = dv.view(v.shape[0], v.shape[1], groups, *v.shape[2:]).sum(2)
-    return dq, dk, dv
 
 
 class RingComm:
@@ -129,13 +65,14 @@ def _parts(kind: Block, half: int) -> tuple[slice, slice, bool]:
 
 def ring_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                  comm: RingComm) -> tuple[torch.Tensor, torch.Tensor]:
+    kernel = kernel_for(q.device, q.dtype)
     half = q.shape[2] // 2
     out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
     kv = [k, v]
     for step in range(comm.size):
         rows, keys, causal = _parts(ring_block(comm.rank, (comm.rank - step) % comm.size), half)
-        block_out, block_lse = block_forward(q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys], causal, scale)
+        block_out, block_lse = kernel.forward(q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys], causal, scale)
         merge_into(out[:, :, rows], lse[:, :, rows], block_out, block_lse)
         if step < comm.size - 1:
             kv = comm.shift(*kv)
@@ -144,6 +81,7 @@ def ring_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 
 def ring_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                   lse: torch.Tensor, scale: float, comm: RingComm) -> tuple[torch.Tensor, ...]:
+    kernel = kernel_for(q.device, q.dtype)
     half = q.shape[2] // 2
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     kv = [k, v]
@@ -151,7 +89,7 @@ def ring_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
            torch.zeros(v.shape, dtype=torch.float32, device=v.device)]
     for step in range(comm.size):
         rows, keys, causal = _parts(ring_block(comm.rank, (comm.rank - step) % comm.size), half)
-        dq_b, dk_b, dv_b = block_backward(dout[:, :, rows], q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys],
+        dq_b, dk_b, dv_b = kernel.backward(dout[:, :, rows], q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys],
                                           out[:, :, rows], lse[:, :, rows], causal, scale)
         dq[:, :, rows] += dq_b
         dkv[0][:, :, keys] += dk_b
@@ -186,10 +124,12 @@ def _flash_ring_available(device: torch.device) -> bool:
 
 
 def kernel_name(device: str) -> str:
-    """Which ring kernel a stage on ``device`` uses."""
+    """Which ring kernel a stage on ``device`` uses (bf16 on CUDA, fp32 on CPU, as the trainer trains)."""
     if device == "cuda" and importlib.util.find_spec("ring_flash_attn") is not None:
         return "ring_flash_attn.zigzag_ring_flash_attn_func"
-    return "ctxext zigzag ring (PyTorch, fp32 blocks)"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    at = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    return f"ctxext zigzag ring, {kernel_for(at, dtype).name} blocks"
 
 
 def ring_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
