@@ -95,14 +95,29 @@ def test_the_aten_kernel_is_chosen_only_where_its_probe_agrees_with_math(monkeyp
 
 
 class _ThreadRing:
-    """:class:`ctxext_trainer.ring_attention.RingComm` for ring ranks running as threads."""
+    """:class:`ctxext_trainer.ring_attention.RingComm` for ring ranks running as threads: the n-th
+    receive a rank posts gets the n-th message its predecessor sent, as point-to-point messages
+    between two ranks match in order in torch.distributed."""
 
     def __init__(self, rank: int, boxes: list[queue.Queue[Any]]):
         self.rank, self.size, self.boxes = rank, len(boxes), boxes
+        self.sent = self.posted = 0
+        self.early: dict[int, list[torch.Tensor]] = {}
+
+    def start(self, *tensors: torch.Tensor) -> int:
+        self.boxes[(self.rank + 1) % self.size].put((self.sent, [t.clone() for t in tensors]))
+        self.sent += 1
+        self.posted += 1
+        return self.posted - 1
+
+    def wait(self, ticket: int) -> list[torch.Tensor]:
+        while ticket not in self.early:
+            number, tensors = self.boxes[self.rank].get(timeout=30)
+            self.early[number] = tensors
+        return self.early.pop(ticket)
 
     def shift(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
-        self.boxes[(self.rank + 1) % self.size].put([t.clone() for t in tensors])
-        return self.boxes[self.rank].get(timeout=30)
+        return self.wait(self.start(*tensors))
 
 
 def _run_ring(ring: int, fn: Any, per_rank_args: list[tuple[Any, ...]]) -> list[Any]:

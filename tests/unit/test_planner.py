@@ -231,3 +231,15 @@ def test_zigzag_ring_needs_seq_len_a_multiple_of_twice_the_degree():
     obj["spec"]["model"]["architecture"] = example("llama3-8b-1m.yaml")["spec"]["model"]["architecture"]
     with pytest.raises(SpecError, match="must be a multiple of 32 \\(2 x SP 16: zigzag ring attention"):
         plan_of(obj)
+
+
+def test_a_stage_can_set_its_own_ring_degree_and_is_told_by_field_when_it_does_not_fit():
+    obj = example("llama3-8b-1m.yaml")
+    obj["spec"]["curriculum"]["stages"][1]["ringDegree"] = 4  # SP 16 there: Ulysses 4 x ring 4
+    stage = plan_of(obj).stages[1]
+    assert (stage.ulysses_degree, stage.ring_degree) == (4, 4)
+    obj["spec"]["curriculum"]["stages"][1]["ringDegree"] = 3
+    with pytest.raises(SpecError) as err:
+        plan_of(obj)
+    assert err.value.field == "spec.curriculum.stages[1].ringDegree"
+    assert "ringDegree 3 must divide the sequence-parallel degree 16" in str(err.value)

@@ -44,13 +44,21 @@ class RingComm:
         self.next = dist.get_global_rank(group, (self.rank + 1) % self.size)
         self.prev = dist.get_global_rank(group, (self.rank - 1) % self.size)
 
-    def shift(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    def start(self, *tensors: torch.Tensor) -> tuple[list[Any], list[torch.Tensor]]:
+        """Post the exchange of ``tensors``; returns (requests to wait on, receive buffers)."""
         received = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
         ops = [dist.P2POp(dist.isend, t.contiguous(), self.next, self.group) for t in tensors]
         ops += [dist.P2POp(dist.irecv, t, self.prev, self.group) for t in received]
-        for request in dist.batch_isend_irecv(ops):
+        return dist.batch_isend_irecv(ops), received
+
+    @staticmethod
+    def wait(pending: tuple[list[Any], list[torch.Tensor]]) -> list[torch.Tensor]:
+        for request in pending[0]:
             request.wait()
-        return received
+        return pending[1]
+
+    def shift(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        return self.wait(self.start(*tensors))
 
 
 def _parts(kind: Block, half: int) -> tuple[slice, slice, bool]:
@@ -71,11 +79,12 @@ def ring_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
     kv = [k, v]
     for step in range(comm.size):
+        pending = comm.start(*kv) if step < comm.size - 1 else None  # the next K/V travel during this block
         rows, keys, causal = _parts(ring_block(comm.rank, (comm.rank - step) % comm.size), half)
         block_out, block_lse = kernel.forward(q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys], causal, scale)
         merge_into(out[:, :, rows], lse[:, :, rows], block_out, block_lse)
-        if step < comm.size - 1:
-            kv = comm.shift(*kv)
+        if pending is not None:
+            kv = comm.wait(pending)
     return out, lse
 
 
@@ -88,16 +97,16 @@ def ring_backward(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch
     dkv = [torch.zeros(k.shape, dtype=torch.float32, device=k.device),
            torch.zeros(v.shape, dtype=torch.float32, device=v.device)]
     for step in range(comm.size):
+        pending = comm.start(*kv) if step < comm.size - 1 else None  # K/V move on during the block
         rows, keys, causal = _parts(ring_block(comm.rank, (comm.rank - step) % comm.size), half)
         dq_b, dk_b, dv_b = kernel.backward(dout[:, :, rows], q[:, :, rows], kv[0][:, :, keys], kv[1][:, :, keys],
-                                          out[:, :, rows], lse[:, :, rows], causal, scale)
+                                           out[:, :, rows], lse[:, :, rows], causal, scale)
         dq[:, :, rows] += dq_b
         dkv[0][:, :, keys] += dk_b
         dkv[1][:, :, keys] += dv_b
-        if step < comm.size - 1:
-            kv[0], kv[1], dkv[0], dkv[1] = comm.shift(*kv, *dkv)
-        else:  # the accumulators of rank r + 1's K/V are complete here: send them home
-            dkv = comm.shift(*dkv)
+        dkv = comm.shift(*dkv)  # after the last step this brings rank r + 1's completed accumulators home
+        if pending is not None:
+            kv = comm.wait(pending)
     return dq.to(q.dtype), dkv[0].to(k.dtype), dkv[1].to(v.dtype)
 
 
