@@ -1,6 +1,6 @@
 """Sequence parallelism gives the single-process loss and gradients: Ulysses 2 at every ZeRO stage;
 Ulysses 4 — more ranks than the tiny model's 2 KV heads, so DeepSpeed replicates each KV head on two
-ranks — at ZeRO 0 and 3; Ulysses 2 × zigzag ring 2 (4 processes) at ZeRO 0, 2 and 3; ring 4 alone
+ranks — at ZeRO 0 and 3; Ulysses 2 × zigzag ring 2 (4 processes) at every ZeRO stage; ring 4 alone
 at ZeRO 0.
 
 The worker (``sp_grad_worker.py``, run by torchrun) builds the trainer's own engine (SGD, no
@@ -25,7 +25,7 @@ from .sp_grad_worker import SEQ_LEN, THETA, fixed_sequence
 
 ZERO_STAGES = (0, 1, 2, 3)
 KV_REPLICATION_STAGES = (0, 3)
-HYBRID_STAGES = (0, 2, 3)
+HYBRID_STAGES = (0, 1, 2, 3)
 RING_ONLY_STAGES = (0,)
 
 

@@ -10,8 +10,9 @@ per-step block and the softmax merge are in :mod:`ctxext_trainer.zigzag`.
 rank on (``send → r + 1``, ``receive ← r − 1``). **Backward** is explicit, the same ring again:
 each block's gradients are computed from the *final* ``lse`` (so a block's softmax probabilities
 are exact: ``P = exp(S − lse)``, ``dS = P ∘ (dP − rowsum(dO ∘ O))``), ``dQ`` stays, and ``dK``/``dV``
-accumulators travel with their K/V; after the last step one more shift brings each home. Memory is
-one local block at a time: no rank ever holds the whole sequence's K/V.
+accumulators travel with their K/V; after the last step one more shift brings each home. The next
+K/V are in flight while a block computes, so a rank holds two K/V blocks (its ``1/R`` of the
+sequence each), never the whole sequence's.
 
 Kernels: ``ring_flash_attn.zigzag_ring_flash_attn_func`` (the same zigzag layout, flash-attention
 blocks) on CUDA when that package is installed; otherwise this ring with the block kernels of
