@@ -35,7 +35,6 @@ for _dir in (ROOT / "trainer_image", ROOT / "operator"):
 
 def run_kernel(name: str, hidden: Any, labels: Any, head: Any, chunk: int) -> tuple[Any, Any, Any]:
     """(loss, d hidden, d weight) of one kernel."""
-    import torch
     import torch.nn.functional as F
 
     from ctxext_trainer.fused_ce import fused_ce_sum
