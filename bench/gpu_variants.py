@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Share of the GPU's memory the automatic checkpointing choice may plan for (the planner uses 0.9
-#: of gpuMemoryGiB; the bench leaves a little more room, as its estimate is of a model it only shapes).
+#: of gpuMemoryGiB; the bench leaves a little more room: an OOM cell would cost the run a row).
 MEMORY_FRACTION = 0.85
 
 

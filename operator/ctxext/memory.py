@@ -4,8 +4,13 @@ Model states (Rajbhandari et al., ZeRO) with Ψ parameters and W ranks (ZeRO sha
 the sequence-parallel ones included). On GPU (bf16 with fp32 master weights and Adam) weights take
 2Ψ bytes, gradients 2Ψ and optimizer states 12Ψ; on CPU (fp32) 4Ψ, 4Ψ and 8Ψ::
 
-    ZeRO 0: w + g + o        ZeRO 1: w + g + o/W
+    ZeRO 0: w + g + o        ZeRO 1: w + g + o/W   (+ 4Ψ on GPU: see below)
     ZeRO 2: w + (g + o)/W    ZeRO 3: (w + g + o)/W + two gathered layers (prefetch)
+
+On GPU, ZeRO-1 runs DeepSpeed's bf16 optimizer, which accumulates gradients in an fp32 buffer the
+size of the whole model on every rank (``fp32_groups_gradients_flat`` in ``bf16_optimizer.py``):
++4Ψ. A single-rank stage runs ZeRO-1 whatever was asked (:data:`SINGLE_RANK_ZERO_STAGE`: one rank
+has nothing to partition), so the planner estimates it at that stage.
 
 Activations for s = seqLen / sequenceParallel · batchSize local tokens, a bytes per element, E the
 elements one decoder layer keeps per token for backward (SDPA/flash attention: no s² term). Counted
@@ -37,6 +42,8 @@ from ctxext.api.spec import ModelArchitecture
 GIB = 1024**3
 #: Tokens per chunk of the chunked LM-head + cross-entropy in the trainer.
 LOSS_CHUNK_TOKENS = 4096
+#: The ZeRO stage a one-rank stage runs (the trainer's ``effective_zero_stage``).
+SINGLE_RANK_ZERO_STAGE = 1
 #: CUDA context, NCCL buffers, allocator reserve.
 RUNTIME_OVERHEAD_GIB = 1.5
 #: A CPU rank (torch, DeepSpeed, gloo) before the model is built: 0.38–0.52 GiB measured.
@@ -101,6 +108,8 @@ def estimate_memory(
     w_b, g_b, o_b, act_b = (2, 2, 12, 2) if on_gpu else (4, 4, 8, 4)
     world = max(1, world_size)
     w, g, o = float(n * w_b), float(n * g_b), float(n * o_b)
+    if on_gpu and zero_stage == 1:
+        g += 4.0 * n  # the bf16 optimizer's fp32 gradient accumulation buffer (module docstring)
     if zero_stage >= 1:
         o /= world
     if zero_stage >= 2:

@@ -27,7 +27,7 @@ from ctxext.api.job import ContextExtensionJobSpec
 from ctxext.api.spec import ModelArchitecture
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
-from ctxext.memory import GIB, MemoryEstimate, estimate_memory
+from ctxext.memory import GIB, SINGLE_RANK_ZERO_STAGE, MemoryEstimate, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
 from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
 from ctxext.step_time import StepTime, estimate_step_time, termination_grace_seconds
@@ -234,10 +234,11 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
                             "Ulysses within the KV heads")
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
         estimate, timing, ckpt_layers = None, None, None
+        zero = min(par.zero_stage, SINGLE_RANK_ZERO_STAGE) if world == 1 else par.zero_stage
         if info.architecture is not None:
             estimate_at = functools.partial(
                 _estimate, info.architecture, seq_len=seq_len, batch_size=batch, world_size=world,
-                sequence_parallel=sp, zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+                sequence_parallel=sp, zero_stage=zero, activation_checkpointing=par.activation_checkpointing,
                 on_gpu=on_gpu, head_dim=info.head_dim)
             def total_at(c: int, est: Callable[[int | None], MemoryEstimate] = estimate_at) -> float:
                 return est(c).total
@@ -270,7 +271,7 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             batch_size=batch, gradient_accumulation=accum, nodes=nodes, processes_per_node=per_node,
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
             ulysses_degree=layout.ulysses, ring_degree=layout.ring, sequence_parallel_layout=layout.describe(),
-            zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+            zero_stage=zero, activation_checkpointing=par.activation_checkpointing,
             checkpointed_layers=ckpt_layers, tokens_per_step=seq_len * batch * accum * (world // sp),
             estimated_step_seconds=round(timing.step, 3) if timing else None,
             termination_grace_period_seconds=_grace(spec, timing),

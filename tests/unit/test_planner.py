@@ -243,3 +243,18 @@ def test_a_stage_can_set_its_own_ring_degree_and_is_told_by_field_when_it_does_n
         plan_of(obj)
     assert err.value.field == "spec.curriculum.stages[1].ringDegree"
     assert "ringDegree 3 must divide the sequence-parallel degree 16" in str(err.value)
+
+
+def test_a_single_gpu_stage_is_planned_at_zero_1_with_the_fp32_gradient_buffer():
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpusPerNode", 1)
+    obj["spec"]["parallelism"]["sequenceParallel"] = 1
+    for stage in obj["spec"]["curriculum"]["stages"]:
+        stage.pop("sequenceParallel", None)
+        stage["nodes"] = 1
+    obj["spec"]["resources"]["gpuMemoryGiB"] = 4000
+    stage = plan_of(obj).stages[0]
+    assert stage.zero_stage == 1  # one rank partitions nothing: ZeRO-1 whatever zeroStage says
+    params = 8030261248
+    breakdown = stage.memory_breakdown_gib
+    assert breakdown is not None
+    assert breakdown["gradients"] == pytest.approx(6 * params / 2**30, rel=1e-3)  # bf16 + the fp32 buffer

@@ -24,10 +24,12 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+from ctxext.memory import SINGLE_RANK_ZERO_STAGE
+
 log = logging.getLogger(__name__)
 SINGLE_RANK_ZERO_ENV = "CTXEXT_SINGLE_RANK_ZERO_STAGE"
 SDPA_BACKENDS_ENV = "CTXEXT_SDPA_BACKENDS"
-SINGLE_RANK_ZERO = 1
+SINGLE_RANK_ZERO = SINGLE_RANK_ZERO_STAGE
 
 
 def effective_zero_stage(requested: int, world_size: int) -> int:
