@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# One-shot bench/gpu_throughput.py on a bare GPU machine: python3 with torch, transformers,
-# accelerate, safetensors, numpy, psutil, ... but without deepspeed, pydantic or hjson, no
-# internet, and this repository copied but not installed.
+# One-shot GPU run: the throughput table (bench/gpu_throughput.py) and, with 2+ GPUs, the
+# sequence-parallel check (bench/gpu_sp_check.py), all within TOTAL_SECONDS (540, under the
+# device machines' 10-minute command limit). For a bare GPU machine: python3 with torch,
+# transformers, accelerate, safetensors, numpy, psutil, ... but without deepspeed, pydantic or
+# hjson, no internet, and this repository copied but not installed.
 #
 #   bash bench/gpu_device_run.sh                # in the repository root, with .whl/ beside it
+#
+# Phases, each given what is left of TOTAL_SECONDS:
+#   1. throughput: 16K/32K/64K, trainer `default` variant vs the plain loop (THROUGHPUT_SECONDS, 300)
+#   2. before/after: the pre-#16 behaviour (`zero3` variant) at 16K only, if 90 s are left
+#   3. SP check: Ulysses x ring and ring-only stages vs one GPU at 16K, if 2+ GPUs and 120 s are left
+#      (otherwise gpu_sp_check.json says why it was skipped)
 #
 # .whl/ (git-ignored, carried to the machine) holds the wheels the trainer path needs and the
 # machine lacks: deepspeed 0.19.8 (pure Python, built here with no ops), pydantic + pydantic-core
@@ -12,14 +20,19 @@
 # import packages' roots, see pyproject.toml); gpu_throughput.py passes the same to its cells.
 # .whl/fallback/ holds wheels installed only when the machine cannot import them already
 # (setuptools: torch's cpp_extension, which DeepSpeed imports, needs it; Python 3.12 has no distutils).
+# Optional wheels found in .whl/optional/ (flash-attn, ring-flash-attn, liger-kernel built for the
+# machine's torch/CUDA) are installed the same way; without them the trainer falls back to sdpa,
+# its PyTorch ring kernel and its own fused cross-entropy, and says so in each stage's runtime.
 #
-# Left in $OUT: gpu_throughput.log (everything printed), gpu_throughput.json (the result line,
-# rewritten after every cell, so a run killed from outside still leaves the finished cells),
-# cell_logs.tgz (each cell's own output). Exit code: the benchmark's (0 = every cell ok).
+# Left in $OUT (and copied to bench/results/ of this checkout, named by GPU and UTC time):
+# gpu_throughput.log (everything printed), gpu_throughput.json (the main table, rewritten after
+# every cell), gpu_throughput_zero3.json, gpu_sp_check.json, cell_logs.tgz. Exit code: that of
+# the main table (0 = every cell ok).
 #
 # Knobs (environment): OUT (default /tmp/gpu-out), PYTHON (python3), WHEELS (.whl), SITE
-# (/tmp/site), BUDGET_SECONDS (300, the benchmark's whole-run budget), BENCH_ARGS (replaces the
-# default arguments below; used for the CPU rehearsal with --smoke-cpu).
+# (/tmp/site), TOTAL_SECONDS (540), THROUGHPUT_SECONDS (300), BENCH_ARGS (replaces the main
+# table's arguments; used for the CPU rehearsal with --smoke-cpu), ZERO3_ARGS, SP_ARGS (likewise
+# for phases 2 and 3; SP_ARGS="--smoke-cpu --nproc 4 ..." rehearses the SP check on CPU).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -27,16 +40,22 @@ PY=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/site}
 OUT=${OUT:-/tmp/gpu-out}
-BUDGET=${BUDGET_SECONDS:-300}
+TOTAL=${TOTAL_SECONDS:-540}
+BUDGET=${THROUGHPUT_SECONDS:-${BUDGET_SECONDS:-300}}
+START=$(date +%s)
 CELL_LOGS=$(mktemp -d /tmp/gpu-cell-logs.XXXXXX)
 mkdir -p "$OUT"
-DEFAULT_ARGS="--lengths 16384,32768,65536 --steps 3 --warmup 1 --timeout 180 --plain-timeout 100"
+DEFAULT_ARGS="--lengths 16384,32768,65536 --variants default --steps 3 --warmup 1 --timeout 150 --plain-timeout 100"
 read -r -a BENCH <<<"${BENCH_ARGS:-$DEFAULT_ARGS}"
+read -r -a ZERO3 <<<"${ZERO3_ARGS:---lengths 16384 --variants zero3 --skip-plain --steps 3 --warmup 1 --timeout 80}"
+read -r -a SPCHECK <<<"${SP_ARGS:---seq-len 16384 --steps 3 --timeout 100}"
+
+left() { echo $((TOTAL - ($(date +%s) - START))); }
 
 install_wheels() {
     rm -rf "$SITE" && mkdir -p "$SITE"
     shopt -s nullglob
-    local wheels=("$WHEELS"/*.whl) wheel module
+    local wheels=("$WHEELS"/*.whl "$WHEELS"/optional/*.whl) wheel module
     for wheel in "$WHEELS"/fallback/*.whl; do
         module=${wheel##*/} && module=${module%%-*}
         if "$PY" -c "import $module" 2>/dev/null; then
@@ -75,7 +94,8 @@ import sys
 
 print("python", sys.version.split()[0], sys.executable)
 for name in ("torch", "transformers", "accelerate", "safetensors", "setuptools", "typing_extensions", "pydantic",
-             "pydantic_core", "hjson", "deepspeed", "ctxext", "ctxext_trainer", "flash_attn"):
+             "pydantic_core", "hjson", "deepspeed", "ctxext", "ctxext_trainer", "flash_attn", "ring_flash_attn",
+             "liger_kernel"):
     try:
         module = importlib.import_module(name)
         print(f"  {name:18} {getattr(module, '__version__', '?'):24} {getattr(module, '__file__', '?')}")
@@ -110,12 +130,42 @@ main() {
     echo "PYTHONPATH=$PYTHONPATH"
     echo "== preflight"
     preflight
-    echo "== bench/gpu_throughput.py ${BENCH[*]} --budget-seconds $BUDGET"
-    local rc=0
+    echo "== 1. bench/gpu_throughput.py ${BENCH[*]} --budget-seconds $BUDGET"
+    local rc=0 budget
     "$PY" bench/gpu_throughput.py "${BENCH[@]}" --budget-seconds "$BUDGET" \
         --json-out "$OUT/gpu_throughput.json" --log-dir "$CELL_LOGS" || rc=$?
-    echo "== gpu_throughput.py exit code $rc at $(date -u +%FT%TZ)"
+    echo "== gpu_throughput.py exit code $rc at $(date -u +%FT%TZ), $(left) s left"
+    budget=$(($(left) - 20))
+    if ((budget >= 90)); then
+        echo "== 2. bench/gpu_throughput.py ${ZERO3[*]} --budget-seconds $budget"
+        "$PY" bench/gpu_throughput.py "${ZERO3[@]}" --budget-seconds "$budget" \
+            --json-out "$OUT/gpu_throughput_zero3.json" --log-dir "$CELL_LOGS" || echo "(zero3 phase: exit $?)"
+    else
+        echo "== 2. skipped: $budget s left"
+    fi
+    budget=$(($(left) - 10))
+    if ((budget >= 120)); then
+        echo "== 3. bench/gpu_sp_check.py ${SPCHECK[*]} (timeout $budget s)"
+        timeout "$budget" "$PY" bench/gpu_sp_check.py "${SPCHECK[@]}" --json-out "$OUT/gpu_sp_check.json" \
+            --log-dir "$CELL_LOGS" || echo "(SP check: exit $?)"
+    else
+        echo "== 3. skipped: $budget s left"
+        echo '{"bench": "gpu_sp_check", "skipped": "no time left in the device run"}' >"$OUT/gpu_sp_check.json"
+    fi
+    save_results
     return "$rc"
+}
+
+save_results() {
+    # bench/results/ of this checkout too (on a lent device machine only $OUT comes back)
+    local gpu stamp f
+    gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '_' | tr 'A-Z' 'a-z')
+    stamp=$(date -u +%Y%m%dT%H%MZ)
+    mkdir -p bench/results
+    for f in gpu_throughput gpu_throughput_zero3 gpu_sp_check; do
+        [[ -f "$OUT/$f.json" ]] && cp "$OUT/$f.json" "bench/results/${f}_${gpu:-cpu}_$stamp.json"
+    done
+    echo "== results copied to bench/results/*_${gpu:-cpu}_$stamp.json"
 }
 
 main 2>&1 | tee "$OUT/gpu_throughput.log"

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -55,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import _harness as h
+from gpu_variants import VARIANTS, Variant, checkpointed_layers, parse_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The two import packages' source roots (pyproject: packages under operator/ and trainer_image/);
@@ -173,11 +175,13 @@ def _kill_tree(pid: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def run_cell(cmd: list[str], log_path: Path, timeout: float, device: str) -> dict[str, Any]:
+def run_cell(cmd: list[str], log_path: Path, timeout: float, device: str,
+             extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one cell process, output to ``log_path``; {exit_code, wall_seconds[, timed_out]}."""
     t0 = time.monotonic()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env(device), cwd=str(ROOT),
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                                env={**child_env(device), **(extra_env or {})},
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
@@ -232,24 +236,31 @@ def trainer_records(out: Path) -> list[dict[str, Any]]:
 
 
 def trainer_stage(model_dir: Path, workdir: Path, logs: Path, seq_len: int, steps: int, device: str,
-                  timeout: float) -> dict[str, Any]:
-    """One stage through torchrun + ``-m ctxext_trainer``; step seconds and peak memory from its train_log.jsonl."""
+                  timeout: float, variant: Variant = VARIANTS["default"], shape: dict[str, Any] | None = None,
+                  memory_gib: float | None = None) -> dict[str, Any]:
+    """One stage through torchrun + ``-m ctxext_trainer`` (one :mod:`gpu_variants` variant); step seconds
+    and peak memory from its train_log.jsonl, what it ran with from its result.json."""
     from ctxext.api.spec import EvaluationSpec
     from ctxext.stage_config import StageConfig
 
-    out = workdir / f"stage-{seq_len}"
+    layers = checkpointed_layers(shape or ONE_B_SHAPE, seq_len, memory_gib, variant)
+    out = workdir / f"stage-{variant.name}-{seq_len}"
     config = StageConfig(job="bench", job_name="bench-s1-a1", stage=1, total_stages=1, model_path=str(model_dir),
                          output_dir=str(out), seq_len=seq_len, rope_theta=8.0e6, original_context_length=8192,
                          steps=steps, learning_rate=1e-5, warmup_steps=0, lr_schedule="constant",
                          batch_size=1, gradient_accumulation=1, sequence_parallel=1, zero_stage=3,
-                         activation_checkpointing=True, device=device, evaluation=EvaluationSpec(enabled=False),
-                         checkpoint_interval=10**6, keep_checkpoints=1, metrics_port=0)
-    config_file = workdir / f"stage-{seq_len}.json"
+                         activation_checkpointing=True, checkpointed_layers=layers, device=device,
+                         evaluation=EvaluationSpec(enabled=False), checkpoint_interval=10**6, keep_checkpoints=1,
+                         metrics_port=0)
+    config_file = workdir / f"stage-{variant.name}-{seq_len}.json"
     config_file.write_text(config.dumps())
-    log_path = logs / f"trainer-{seq_len}.log"
+    log_path = logs / f"trainer-{variant.name}-{seq_len}.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=1",
            "-m", "ctxext_trainer", "--stage-config", str(config_file)]
-    result = run_cell(cmd, log_path, timeout, device)
+    result = run_cell(cmd, log_path, timeout, device, extra_env=variant.env)
+    result.update(variant=variant.name, checkpointed_layers=layers)
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        result["runtime"] = json.loads((out / "result.json").read_text()).get("runtime")
     records = trainer_records(out)
     result["step_seconds"] = [r["seconds"] for r in records]
     result["seq_lens"] = sorted({int(r.get("seqLen", seq_len)) for r in records})
@@ -389,13 +400,20 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def summarize(seq_len: int, trainer: dict[str, Any], plain: dict[str, Any], warmup: int, shape: dict[str, Any],
-              peak: float | None) -> dict[str, Any]:
-    """One length's cell: trainer and plain figures and their tokens/s ratio."""
-    t = {**trainer, **figures(trainer.get("step_seconds", []), warmup, seq_len, shape, peak)}
+def summarize(seq_len: int, trainers: dict[str, dict[str, Any]], plain: dict[str, Any], warmup: int,
+              shape: dict[str, Any], peak: float | None) -> dict[str, Any]:
+    """One length's cell: each trainer variant's and the plain loop's figures, and their tokens/s ratios.
+
+    ``trainer`` is the first variant (``default`` unless ``--variants`` says otherwise)."""
     p = {**plain, **figures(plain.get("step_seconds", []), warmup, seq_len, shape, peak)}
-    return {"seq_len": seq_len, "trainer": t, "plain": p,
-            "trainer_over_plain_tokens_per_second": h.ratio(t.get("tokens_per_second"), p.get("tokens_per_second"))}
+    variants = {}
+    for name, r in trainers.items():
+        f = {**r, **figures(r.get("step_seconds", []), warmup, seq_len, shape, peak)}
+        f["over_plain_tokens_per_second"] = h.ratio(f.get("tokens_per_second"), p.get("tokens_per_second"))
+        variants[name] = f
+    first = next(iter(variants.values()), {})
+    return {"seq_len": seq_len, "trainer": first, "plain": p, "variants": variants,
+            "trainer_over_plain_tokens_per_second": first.get("over_plain_tokens_per_second")}
 
 
 def _status(r: dict[str, Any]) -> str:
@@ -423,6 +441,10 @@ def main() -> int:
                         "(default: none)")
     parser.add_argument("--log-dir", help="keep each cell's full output here (default: the work dir, deleted)")
     parser.add_argument("--json-out", help="also write the JSON result line here (rewritten after every cell)")
+    parser.add_argument("--variants", default="default",
+                        help="trainer variants to run per length, in order (bench/gpu_variants.py): "
+                        "default, zero3 (the pre-#16 behaviour), cudnn, fullckpt")
+    parser.add_argument("--skip-plain", action="store_true", help="trainer variants only (no plain-loop cells)")
     parser.add_argument("--smoke-cpu", action="store_true",
                         help="check the plumbing on CPU: tiny model, no MFU (use --lengths 256)")
     parser.add_argument("--plain-worker", action="store_true", help=argparse.SUPPRESS)
@@ -464,8 +486,11 @@ def main() -> int:
     tmp.mkdir(parents=True, exist_ok=True)
     logs = Path(args.log_dir) if args.log_dir else tmp
     logs.mkdir(parents=True, exist_ok=True)
-    trainer: dict[int, dict[str, Any]] = {n: {"skipped": "not reached"} for n in lengths}
-    plain: dict[int, dict[str, Any]] = {n: {"skipped": "not reached"} for n in lengths}
+    variants = parse_variants(args.variants)
+    trainer: dict[int, dict[str, dict[str, Any]]] = {n: {v.name: {"skipped": "not reached"} for v in variants}
+                                                     for n in lengths}
+    plain: dict[int, dict[str, Any]] = {n: {"skipped": "--skip-plain" if args.skip_plain else "not reached"}
+                                        for n in lengths}
     fatal: str | None = None
 
     def payload(final: bool) -> dict[str, Any]:
@@ -473,6 +498,7 @@ def main() -> int:
         return {"device": name, "device_memory_gib": memory_gib, "peak_tflops": peak, "attn_implementation": attn,
                 "versions": libs, "shape": shape, "parameters": param_counts(shape)[0], "warmup": args.warmup,
                 "steps": args.steps, "budget_seconds": args.budget_seconds, "complete": final,
+                "variants": [v.name for v in variants],
                 "error": fatal, "wall_seconds": time.monotonic() - started, "cells": cells}
 
     def checkpoint_json() -> None:
@@ -489,22 +515,27 @@ def main() -> int:
             torch.cuda.empty_cache()
         stamp(f"model saved ({param_counts(shape)[0] / 1e9:.3f}B params) in {tmp}")
         for seq_len in lengths:
-            for label, runner, limit, table in (("trainer stage", trainer_stage, args.timeout, trainer),
-                                                ("plain loop", plain_stage, args.plain_timeout, plain)):
+            cells: list[tuple[str, Any, float, dict[str, dict[str, Any]], str]] = [
+                (f"trainer {v.name}", functools.partial(trainer_stage, variant=v, shape=shape, memory_gib=memory_gib),
+                 args.timeout, trainer[seq_len], v.name) for v in variants]
+            if not args.skip_plain:
+                cells.append(("plain loop", plain_stage, args.plain_timeout, plain, seq_len))
+            for label, runner, limit, table, key in cells:
                 timeout = cell_timeout(limit, deadline, time.monotonic())
                 if timeout is None:
-                    table[seq_len] = {"skipped": "budget", "step_seconds": []}
+                    table[key] = {"skipped": "budget", "step_seconds": []}
                     stamp(f"{label} {seq_len}: skipped (budget of {args.budget_seconds:.0f}s spent)")
                     continue
                 try:
-                    table[seq_len] = runner(model_dir, tmp, logs, seq_len, steps, device, timeout)
+                    table[key] = runner(model_dir, tmp, logs, seq_len, steps, device, timeout)
                 except Exception as exc:  # the bench's own plumbing; the cell itself runs in a child
-                    table[seq_len] = {"error": f"{type(exc).__name__}: {exc}", "step_seconds": []}
-                r = table[seq_len]
+                    table[key] = {"error": f"{type(exc).__name__}: {exc}", "step_seconds": []}
+                r = table[key]
                 fig = figures(r.get("step_seconds", []), args.warmup, seq_len, shape, peak)
                 tps = f"{fig['tokens_per_second']:,.0f} tok/s" if fig else "no timed step"
                 mem = f", peak {r['peak_gib']:.1f} GiB" if r.get("peak_gib") is not None else ""
                 stamp(f"{label} {seq_len}: {_status(r)}, {tps}{mem}, wall {r.get('wall_seconds', 0):.0f}s"
+                      + (f", runtime {r['runtime']}" if r.get("runtime") else "")
                       + (f"\n{r['error']}" if r.get("error") else ""))
                 checkpoint_json()
     except Exception as exc:  # e.g. the model could not be made: still report what there is
@@ -517,22 +548,25 @@ def main() -> int:
     result = payload(final=True)
     rows: list[list[Any]] = []
     for c in result["cells"]:
-        t, p = c["trainer"], c["plain"]
-        pct = [100 * r["mfu"] if r.get("mfu") is not None else None for r in (t, p)]
-        rows.append([c["seq_len"], t.get("tokens_per_second"), pct[0], t.get("peak_gib"),
-                     p.get("tokens_per_second"), pct[1], p.get("peak_gib"),
-                     c["trainer_over_plain_tokens_per_second"], f"{_status(t)}/{_status(p)}"])
-    h.print_table(["seqLen", "trainer tok/s", "MFU %", "peak GiB", "plain tok/s", "MFU %", "peak GiB",
+        p = c["plain"]
+        for vname, t in c["variants"].items():
+            pct = [100 * r["mfu"] if r.get("mfu") is not None else None for r in (t, p)]
+            rows.append([c["seq_len"], vname, t.get("tokens_per_second"), pct[0], t.get("peak_gib"),
+                         p.get("tokens_per_second"), pct[1], p.get("peak_gib"), t.get("over_plain_tokens_per_second"),
+                         f"{_status(t)}/{_status(p)}"])
+    h.print_table(["seqLen", "variant", "trainer tok/s", "MFU %", "peak GiB", "plain tok/s", "MFU %", "peak GiB",
                    "trainer/plain", "trainer/plain status"], rows,
                   title=f"gpu_throughput: {param_counts(shape)[0] / 1e9:.2f}B Llama, {name}, batch 1, attention "
                         f"{attn}, peak {peak or '?'} TFLOPS bf16 (MFU), median of {args.steps} steps after "
                         f"{args.warmup} warm-up")
     for c in result["cells"]:
-        for run in ("trainer", "plain"):
-            if c[run].get("error"):
-                print(f"{c['seq_len']} {run}: {c[run]['error']}", file=sys.stderr)
+        for run, r in [*c["variants"].items(), ("plain", c["plain"])]:
+            if r.get("error"):
+                print(f"{c['seq_len']} {run}: {r['error']}", file=sys.stderr)
     h.emit_json("gpu_throughput", result, path=json_out)
-    ok = fatal is None and all(_status(c[run]) == "ok" for c in result["cells"] for run in ("trainer", "plain"))
+    ran = [*(c["variants"].values() for c in result["cells"])]
+    ok = fatal is None and all(_status(r) == "ok" for group in ran for r in group) and (
+        args.skip_plain or all(_status(c["plain"]) == "ok" for c in result["cells"]))
     return 0 if ok else 1
 
 

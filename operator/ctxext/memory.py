@@ -4,8 +4,13 @@ Model states (Rajbhandari et al., ZeRO) with Ψ parameters and W ranks (ZeRO sha
 the sequence-parallel ones included). On GPU (bf16 with fp32 master weights and Adam) weights take
 2Ψ bytes, gradients 2Ψ and optimizer states 12Ψ; on CPU (fp32) 4Ψ, 4Ψ and 8Ψ::
 
-    ZeRO 0: w + g + o        ZeRO 1: w + g + o/W
+    ZeRO 0: w + g + o        ZeRO 1: w + g + o/W   (+ 4Ψ on GPU: see below)
     ZeRO 2: w + (g + o)/W    ZeRO 3: (w + g + o)/W + two gathered layers (prefetch)
+
+On GPU, ZeRO-1 runs DeepSpeed's bf16 optimizer, which accumulates gradients in an fp32 buffer the
+size of the whole model on every rank (``fp32_groups_gradients_flat`` in ``bf16_optimizer.py``):
++4Ψ. A single-rank stage runs ZeRO-1 whatever was asked (:data:`SINGLE_RANK_ZERO_STAGE`: one rank
+has nothing to partition), so the planner estimates it at that stage.
 
 Activations for s = seqLen / sequenceParallel · batchSize local tokens, a bytes per element, E the
 elements one decoder layer keeps per token for backward (SDPA/flash attention: no s² term). Counted
@@ -16,6 +21,7 @@ rotated q/k, attention output, the post-attention residual, and gate, up, act(ga
     with checkpointing:  layers · s · h · a  (layer inputs)  +  2 · s · E · a  (one layer recomputed,
                          plus the gradients flowing through it)
     without:             layers · s · E · a
+    selective (c of the layers checkpointed): c · s · h · a + (layers − c) · s · E · a + 2 · s · E · a
     logits: min(s, LOSS_CHUNK_TOKENS) · V · (a + 8)   (the trainer computes the loss in chunks)
 
 Worked example, Llama-3-8B (Ψ = 8.03e9, h = 4096, I = 14336, kv = 1024, V = 128256) at 65,536
@@ -36,6 +42,8 @@ from ctxext.api.spec import ModelArchitecture
 GIB = 1024**3
 #: Tokens per chunk of the chunked LM-head + cross-entropy in the trainer.
 LOSS_CHUNK_TOKENS = 4096
+#: The ZeRO stage a one-rank stage runs (the trainer's ``effective_zero_stage``).
+SINGLE_RANK_ZERO_STAGE = 1
 #: CUDA context, NCCL buffers, allocator reserve.
 RUNTIME_OVERHEAD_GIB = 1.5
 #: A CPU rank (torch, DeepSpeed, gloo) before the model is built: 0.38–0.52 GiB measured.
@@ -90,12 +98,18 @@ def estimate_memory(
     activation_checkpointing: bool,
     on_gpu: bool,
     head_dim: int | None = None,
+    checkpointed_layers: int | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of one rank for one stage (see the module docstring for the model)."""
+    """Peak memory of one rank for one stage (see the module docstring for the model).
+
+    ``checkpointed_layers`` (with ``activation_checkpointing``): how many decoder layers recompute
+    in backward; None = all of them."""
     n = parameter_count(arch, head_dim)
     w_b, g_b, o_b, act_b = (2, 2, 12, 2) if on_gpu else (4, 4, 8, 4)
     world = max(1, world_size)
     w, g, o = float(n * w_b), float(n * g_b), float(n * o_b)
+    if on_gpu and zero_stage == 1:
+        g += 4.0 * n  # the bf16 optimizer's fp32 gradient accumulation buffer (module docstring)
     if zero_stage >= 1:
         o /= world
     if zero_stage >= 2:
@@ -111,7 +125,8 @@ def estimate_memory(
     s = seq_len // max(1, sequence_parallel) * batch_size
     per_token_layer = 11 * h + 3 * kv + 4 * inter + ((h + 2 * kv) if sequence_parallel > 1 else 0)
     if activation_checkpointing:
-        acts = arch.num_layers * s * h * act_b + 2 * s * per_token_layer * act_b
+        c = arch.num_layers if checkpointed_layers is None else max(0, min(checkpointed_layers, arch.num_layers))
+        acts = (c * s * h + (arch.num_layers - c) * s * per_token_layer + 2 * s * per_token_layer) * act_b
     else:
         acts = arch.num_layers * s * per_token_layer * act_b
     logits = min(s, LOSS_CHUNK_TOKENS) * v * (act_b + 8)

@@ -5,24 +5,31 @@ Stage lengths are the explicit ``curriculum.stages`` or, when omitted, generated
 target. Example: L0 = 8192, growthFactor 4, target 1,048,576 → 32768, 131072, 524288, 1048576.
 Each stage gets its RoPE theta from :mod:`ctxext.theta`, its training settings from the stage or
 ``curriculum.stageDefaults``, its rank layout (world = nodes · processes per node, data-parallel =
-world / sequenceParallel), ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP`` and a
-memory estimate (:mod:`ctxext.memory`). A stage whose estimate exceeds ``gpuMemoryGiB`` is an error
-quoting the numbers; one above :data:`TIGHT_FRACTION` of it is a warning.
+world / sequenceParallel, sequenceParallel = Ulysses × ring: :mod:`ctxext.sp_layout`),
+``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP``, the activation-checkpointed
+layers (selective: the fewest that fit on GPU) and a memory estimate (:mod:`ctxext.memory`). A
+stage whose estimate exceeds ``gpuMemoryGiB`` is an error quoting the numbers; one above
+:data:`TIGHT_FRACTION` of it is a warning.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from ctxext.api.job import ContextExtensionJobSpec
+from ctxext.api.spec import ModelArchitecture
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
-from ctxext.memory import GIB, estimate_memory
+from ctxext.memory import GIB, SINGLE_RANK_ZERO_STAGE, MemoryEstimate, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
+from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
 from ctxext.step_time import StepTime, estimate_step_time, termination_grace_seconds
 from ctxext.theta import RopeTypeError, ThetaError, check_rope_scalable, stage_theta
 
@@ -56,8 +63,16 @@ class PlannedStage(_Out):
     world_size: int
     sequence_parallel: int
     data_parallel: int
+    ulysses_degree: int = 1
+    """DeepSpeed-Ulysses ranks inside each ring rank (sequence_parallel = ulysses · ring)."""
+    ring_degree: int = 1
+    """Zigzag ring-attention ranks per sequence."""
+    sequence_parallel_layout: str = "no sequence parallelism"
+    """The split in words, e.g. ``SP 16 = Ulysses 8 (1 KV head per rank) x ring 2 (zigzag)``."""
     zero_stage: int
     activation_checkpointing: bool
+    checkpointed_layers: int | None = None
+    """Decoder layers that recompute in backward (selective checkpointing); None = all of them."""
     tokens_per_step: int
     estimated_step_seconds: float | None = None
     """Pessimistic seconds of one optimizer step (:mod:`ctxext.step_time`); None without an architecture."""
@@ -107,6 +122,42 @@ def _required(value: Any, path: str, what: str, info: ModelInfo) -> Any:
 def _grace(spec: ContextExtensionJobSpec, timing: StepTime | None) -> int:
     explicit = spec.checkpoint.termination_grace_period_seconds
     return explicit if explicit is not None else termination_grace_seconds(timing)
+
+
+def _estimate(arch: ModelArchitecture, layers: int | None, **kwargs: Any) -> MemoryEstimate:
+    return estimate_memory(arch, checkpointed_layers=layers, **kwargs)
+
+
+def checkpointed_layer_count(num_layers: int, fraction: float | None, total_gib: Callable[[int], float],
+                             budget_gib: float) -> int:
+    """Layers to checkpoint: ``ceil(fraction · layers)`` when set, else the fewest whose estimate
+    ``total_gib(c)`` fits ``budget_gib`` (all layers when none fits; the memory check then speaks).
+
+    >>> checkpointed_layer_count(32, 0.5, lambda c: 0.0, 10.0)
+    16
+    >>> checkpointed_layer_count(32, None, lambda c: 40 - c, 20.0)  # 40 GiB less 1 per recomputed layer
+    20
+    """
+    if fraction is not None:
+        return min(num_layers, math.ceil(fraction * num_layers))
+    return next((c for c in range(num_layers + 1) if total_gib(c) <= budget_gib), num_layers)
+
+
+def _sp_layout(s: Any, path: str, par: Any, sp: int, info: ModelInfo) -> SPLayout:
+    """The stage's Ulysses × ring split (:mod:`ctxext.sp_layout`), or a :class:`SpecError` naming the field."""
+    ring = (s.ring_degree if s is not None and s.ring_degree else None) or par.ring_degree
+    arch = info.architecture
+    heads = arch.num_attention_heads if arch else None
+    try:
+        return choose_layout(sp, heads, (arch.num_key_value_heads or heads) if arch else None, ring)
+    except LayoutError as exc:
+        if s is not None and s.ring_degree:
+            field = f"{path}.ringDegree"
+        elif s is not None and s.sequence_parallel:
+            field = f"{path}.sequenceParallel"
+        else:
+            field = "spec.parallelism.ringDegree" if par.ring_degree else "spec.parallelism.sequenceParallel"
+        raise SpecError([(field, str(exc))]) from None
 
 
 def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None) -> Plan:
@@ -169,31 +220,34 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
         nodes = pick("nodes")
         world = nodes * per_node
         sp = (s.sequence_parallel if s and s.sequence_parallel else None) or par.sequence_parallel
-        heads = info.architecture.num_attention_heads if info.architecture else None
-        if heads and heads % sp:
-            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
-                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} must divide "
-                              f"the model's {heads} attention heads (Ulysses splits heads over ranks)")])
-        kv_heads = (info.architecture.num_key_value_heads or heads) if info.architecture else None
-        if kv_heads and heads and not heads % sp and kv_heads % sp and sp % kv_heads:
-            raise SpecError([(f"{path}.sequenceParallel" if s and s.sequence_parallel else
-                              "spec.parallelism.sequenceParallel", f"sequence-parallel degree {sp} does not fit "
-                              f"the model's {kv_heads} key/value heads: Ulysses needs one to divide the other "
-                              f"(split {kv_heads} heads over {sp} ranks, or replicate each head on sp/kv ranks); "
-                              f"use a degree that divides {kv_heads} or a multiple of it")])
+        layout = _sp_layout(s, path, par, sp, info)
         if world % sp:
             raise SpecError([("spec.parallelism.sequenceParallel", f"stage {i + 1} runs {world} processes "
                               f"({nodes} node(s) x {per_node}); sequence-parallel degree {sp} must divide that")])
-        if seq_len % sp:
+        problem = length_problem(seq_len, layout)
+        if problem:
             raise SpecError([(f"{path}.seqLen" if s else "spec.parallelism.sequenceParallel",
-                              f"sequenceParallel {sp} does not divide stage {i + 1}'s seqLen {seq_len}")])
+                              f"stage {i + 1}: {problem} ({layout.describe()})")])
+        if layout.kv_heads and layout.ulysses > layout.kv_heads:
+            warnings.append(f"stage {i + 1}: {layout.describe()}: K/V all-to-all traffic grows "
+                            f"{layout.ulysses // layout.kv_heads}x; the automatic split (ringDegree unset) keeps "
+                            "Ulysses within the KV heads")
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
-        estimate, timing = None, None
+        estimate, timing, ckpt_layers = None, None, None
+        zero = min(par.zero_stage, SINGLE_RANK_ZERO_STAGE) if world == 1 else par.zero_stage
         if info.architecture is not None:
-            estimate = estimate_memory(
-                info.architecture, seq_len=seq_len, batch_size=batch, world_size=world, sequence_parallel=sp,
-                zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
+            estimate_at = functools.partial(
+                _estimate, info.architecture, seq_len=seq_len, batch_size=batch, world_size=world,
+                sequence_parallel=sp, zero_stage=zero, activation_checkpointing=par.activation_checkpointing,
                 on_gpu=on_gpu, head_dim=info.head_dim)
+            def total_at(c: int, est: Callable[[int | None], MemoryEstimate] = estimate_at) -> float:
+                return est(c).total
+
+            ckpt_layers = checkpointed_layer_count(info.architecture.num_layers, par.checkpoint_layer_fraction,
+                                                   total_at, TIGHT_FRACTION * res.gpu_memory_gib)
+            if not (on_gpu and par.activation_checkpointing):
+                ckpt_layers = None
+            estimate = estimate_at(ckpt_layers)
             total = estimate.total
             timing = estimate_step_time(
                 info.architecture, seq_len=seq_len, batch_size=batch, accumulation=accum, sequence_parallel=sp,
@@ -216,8 +270,9 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             min_seq_len=l0 if d.variable_length else None,
             batch_size=batch, gradient_accumulation=accum, nodes=nodes, processes_per_node=per_node,
             gpus_per_node=res.gpus_per_node, world_size=world, sequence_parallel=sp, data_parallel=world // sp,
-            zero_stage=par.zero_stage, activation_checkpointing=par.activation_checkpointing,
-            tokens_per_step=seq_len * batch * accum * (world // sp),
+            ulysses_degree=layout.ulysses, ring_degree=layout.ring, sequence_parallel_layout=layout.describe(),
+            zero_stage=zero, activation_checkpointing=par.activation_checkpointing,
+            checkpointed_layers=ckpt_layers, tokens_per_step=seq_len * batch * accum * (world // sp),
             estimated_step_seconds=round(timing.step, 3) if timing else None,
             termination_grace_period_seconds=_grace(spec, timing),
             estimated_memory_gib=round(estimate.total, 2) if estimate else None,

@@ -103,6 +103,9 @@ class StageResult(ApiModel):
     """Evaluation of the base model (stage 1 only)."""
     gates: list[dict[str, Any]] = Field(default_factory=list)
     """Gate outcomes (metric, atLength, passed, value, message)."""
+    runtime: dict[str, Any] = Field(default_factory=dict)
+    """How the stage actually ran: attention kernel, sequence-parallel layout, ZeRO stage in effect,
+    activation checkpointing, loss kernel (e.g. ``{"attention": "sdpa", "zeroStage": 0, ...}``)."""
     warnings: list[str] = Field(default_factory=list)
     """What went wrong but was survived (e.g. a damaged checkpoint skipped on resume); the operator
     copies them into status.warnings."""

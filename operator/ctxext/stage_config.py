@@ -77,11 +77,15 @@ class StageConfig(ApiModel):
     gradient_accumulation: int = 1
     """Micro-steps per optimizer step."""
     sequence_parallel: int = 1
-    """Ulysses degree."""
+    """Sequence-parallel degree: ranks per sequence, Ulysses × ring."""
+    ring_degree: int = Field(default=1, ge=1)
+    """Zigzag ring-attention ranks per sequence; Ulysses runs sequence_parallel / ring_degree inside each."""
     zero_stage: int = Field(default=3, ge=0, le=3)
     """DeepSpeed ZeRO stage."""
     activation_checkpointing: bool = True
     """Recompute activations in backward."""
+    checkpointed_layers: int | None = Field(default=None, ge=0)
+    """With activation_checkpointing: how many decoder layers recompute (evenly spread); None = all."""
     device: Literal["cpu", "cuda"] = "cuda"
     """cpu (gloo, fp32) or cuda (nccl, bf16)."""
     data: DataSpec = Field(default_factory=DataSpec)
@@ -161,7 +165,9 @@ def build_stage_config(
         warmup_steps=stage.warmup_steps, lr_schedule=stage.lr_schedule,
         min_learning_rate_ratio=stage.min_learning_rate_ratio, batch_size=stage.batch_size,
         gradient_accumulation=stage.gradient_accumulation, sequence_parallel=stage.sequence_parallel,
-        zero_stage=stage.zero_stage, activation_checkpointing=stage.activation_checkpointing, device=device,
+        ring_degree=stage.ring_degree,
+        zero_stage=stage.zero_stage, activation_checkpointing=stage.activation_checkpointing,
+        checkpointed_layers=stage.checkpointed_layers, device=device,
         data=spec.data, evaluation=spec.evaluation, eval_lengths=eval_lengths(job, plan, stage),
         checkpoint_interval=spec.checkpoint.interval_steps, keep_checkpoints=spec.checkpoint.keep_last,
         failure_policy=spec.failure_policy, metrics_port=spec.metrics.port, report=report or ReportTarget(),

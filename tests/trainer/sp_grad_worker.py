@@ -1,11 +1,12 @@
-"""Worker of test_sequence_parallel_gradients: run under torchrun with 2 processes.
+"""Worker of test_sequence_parallel_gradients: run under torchrun with 2 or 4 processes.
 
-For each ZeRO stage given, builds the trainer's own engine (sequence parallel = world size, SGD, no
-clipping) on the tiny model (4 heads, 2 KV heads: with 4 processes every KV head is replicated on
-two ranks), does one forward/backward on a fixed 64-token sequence, and rank 0
-saves the full gradients (and the guard's gradient norm) to ``OUT/grads-z<stage>.pt``.
+For each ZeRO stage given, builds the trainer's own engine (sequence parallel = world size split as
+Ulysses × ring with ring = RING, SGD, no clipping) on the tiny model (4 heads, 2 KV heads: Ulysses 4
+replicates every KV head on two ranks), does one forward/backward on a fixed 64-token sequence cut
+as the trainer cuts it (zigzag with a ring), and rank 0 saves the full gradients, the guard's
+gradient norm and the sequence loss to ``OUT/grads-z<stage>.pt``.
 
-Usage: torchrun --nproc-per-node N sp_grad_worker.py MODEL_DIR OUT_DIR 0 1 2 3
+Usage: torchrun --nproc-per-node N sp_grad_worker.py MODEL_DIR OUT_DIR RING 0 1 2 3
 """
 
 from __future__ import annotations
@@ -19,17 +20,12 @@ from deepspeed.utils import safe_get_full_grad
 
 from ctxext.stage_config import StageConfig
 from ctxext_trainer.data.batches import Layout
-from ctxext_trainer.distributed import (
-    all_reduce_sum,
-    close_distributed,
-    init_distributed,
-    sequence_parallel_group,
-    setup_sequence_parallel,
-)
+from ctxext_trainer.distributed import all_reduce_sum, close_distributed, init_distributed
 from ctxext_trainer.engine import build_engine, deepspeed_config
 from ctxext_trainer.grad_stats import engine_named_params, gradient_stats
 from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
 from ctxext_trainer.model_loading import load_causal_lm
+from ctxext_trainer.sequence_parallel import setup_sequence_parallel
 
 SEQ_LEN, THETA = 64, 40000.0
 
@@ -42,33 +38,33 @@ def fixed_sequence() -> tuple[list[int], list[int]]:
     return tokens[:-1], labels
 
 
-def main(model_dir: str, out_dir: str, stages: list[int]) -> None:
-    topo = init_distributed("cpu", sp_size=int(os.environ["WORLD_SIZE"]))
-    mpu = None
+def main(model_dir: str, out_dir: str, ring: int, stages: list[int]) -> None:
+    topo = init_distributed("cpu", sp_size=int(os.environ["WORLD_SIZE"]), ring_size=ring)
+    sp = None
     try:
         for zero in stages:
             config = StageConfig(job="t", job_name="t", stage=1, total_stages=1, model_path=model_dir,
                                  output_dir=out_dir, seq_len=SEQ_LEN, rope_theta=THETA, original_context_length=32,
                                  steps=1, learning_rate=0.1, device="cpu", zero_stage=zero,
-                                 sequence_parallel=topo.sp_size,
+                                 sequence_parallel=topo.sp_size, ring_degree=ring,
                                  activation_checkpointing=True)
             ds_config = deepspeed_config(config, gradient_clipping=0.0)
             loaded = load_causal_lm(model_dir, theta=THETA, seq_len=SEQ_LEN, device="cpu",
                                     activation_checkpointing=True, ds_config=ds_config)
-            if mpu is None:
-                mpu = setup_sequence_parallel(loaded.model, topo, 1, loaded.attn_implementation)
-            module = CausalLMTrainModule(loaded.model, sp_group=sequence_parallel_group(mpu), chunk_tokens=16,
-                                         loss_scale=sequence_parallel_loss_scale(zero, topo.sp_size))
-            engine = build_engine(module, config, ds_config, mpu=mpu, optimizer="sgd")
+            if sp is None:  # the groups (and DeepSpeed's Ulysses wrapper) once; each model attached
+                sp = setup_sequence_parallel(loaded.model, topo, 1, loaded.attn_implementation)
+            sp.attach(loaded.model)
+            module = CausalLMTrainModule(loaded.model, sp_group=sp.sequence_group, chunk_tokens=16,
+                                         loss_scale=sequence_parallel_loss_scale(zero, topo.sp_size, topo.ulysses_size))
+            engine = build_engine(module, config, ds_config, mpu=sp.mpu, optimizer="sgd")
             engine.train()
             inputs, labels = fixed_sequence()
-            layout = Layout(sp_rank=topo.sp_rank, sp_size=topo.sp_size)
-            shard = SEQ_LEN // layout.sp_size
-            lo, hi = layout.sp_rank * shard, (layout.sp_rank + 1) * shard
-            loss, _, _ = engine(input_ids=torch.tensor([inputs[lo:hi]]), labels=torch.tensor([labels[lo:hi]]),
-                                position_ids=torch.arange(lo, hi).unsqueeze(0))
+            layout = Layout(sp_rank=topo.sp_rank, sp_size=topo.sp_size, ring_size=ring)
+            mine = [i for lo, hi in layout.ranges(SEQ_LEN) for i in range(lo, hi)]
+            loss, _, _ = engine(input_ids=torch.tensor([[inputs[i] for i in mine]]),
+                                labels=torch.tensor([[labels[i] for i in mine]]), position_ids=torch.tensor([mine]))
             engine.backward(loss)
-            total_loss = all_reduce_sum(loss.detach() / module.loss_scale, sequence_parallel_group(mpu))
+            total_loss = all_reduce_sum(loss.detach() / module.loss_scale, sp.sequence_group)
             named = engine_named_params(engine)
             stats = gradient_stats(named, zero, topo.rank, topo.world_size)
             grads = {}
@@ -86,4 +82,4 @@ def main(model_dir: str, out_dir: str, stages: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3:]])
+    main(sys.argv[1], sys.argv[2], int(sys.argv[3]), [int(s) for s in sys.argv[4:]])

@@ -1,4 +1,4 @@
-"""The worked examples in the trainer's docstrings (packing, theta/RoPE, loss, schedules) run as tests."""
+"""The worked examples in the trainer's docstrings (packing, theta/RoPE, loss, schedules, zigzag ring) run as tests."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import pytest
 MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer.data.augment",
            "ctxext_trainer.data.batches", "ctxext_trainer.data.sources", "ctxext_trainer.engine",
            "ctxext_trainer.loss", "ctxext_trainer.grad_stats", "ctxext_trainer.reporting", "ctxext_trainer.launch",
-           "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer", "ctxext_trainer.tiny.data"]
+           "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer", "ctxext_trainer.tiny.data",
+           "ctxext_trainer.zigzag", "ctxext_trainer.ring_kernels", "ctxext_trainer.sequence_parallel",
+           "ctxext_trainer.speed", "ctxext_trainer.fused_ce"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -179,3 +179,33 @@ def test_sigterm_saves_a_checkpoint_before_exit(tiny_model: Path, corpus: Path, 
     assert result is not None and result.reason_code == "Preempted"
     assert result.checkpoint == str(out / "checkpoints" / f"step-{result.steps_done}")
     assert (out / "checkpoints" / f"step-{result.steps_done}" / "MANIFEST.json").is_file()
+
+
+@pytest.mark.distributed
+def test_ulysses_times_ring_stage_trains_what_one_process_trains(tiny_model: Path, corpus: Path,
+                                                                 tmp_path: Path) -> None:
+    """The real entry point with SP 4 = Ulysses 2 × zigzag ring 2 (4 processes, ZeRO 2) against one
+    process that asked for ZeRO 3 (it runs ZeRO 1: one rank partitions nothing) with selective
+    checkpointing: the same loss and gradient norm at every step, and the result says what ran."""
+    common: dict[str, Any] = dict(steps=4, seq_len=128, rope_theta=81920.5, activation_checkpointing=True,
+                                  data={"source": f"file://{corpus}", "seed": 5, "validationFraction": 0.0})
+    out = tmp_path / "hybrid"
+    hybrid = run_trainer(stage_config(tiny_model, corpus, out, zero_stage=2, sequence_parallel=4, ring_degree=2,
+                                      **common), nproc=4)
+    assert isinstance(hybrid, subprocess.CompletedProcess) and hybrid.returncode == 0, hybrid.stderr[-4000:]
+    single_out = tmp_path / "single"
+    single = run_trainer(stage_config(tiny_model, corpus, single_out, zero_stage=3, checkpointed_layers=1, **common))
+    assert isinstance(single, subprocess.CompletedProcess) and single.returncode == 0, single.stderr[-4000:]
+    got = [(r["loss"], r["gradNorm"], r["seqLen"]) for r in train_log(out)]
+    want = [(r["loss"], r["gradNorm"], r["seqLen"]) for r in train_log(single_out)]
+    assert len(got) == len(want) == 4
+    for step, (have, ref) in enumerate(zip(got, want, strict=True), start=1):
+        assert have[2] == ref[2] == 128
+        assert have[:2] == pytest.approx(ref[:2], rel=2e-4), (step, have, ref)
+    hybrid_result, single_result = read_result(out), read_result(single_out)
+    assert hybrid_result is not None and single_result is not None
+    assert hybrid_result.runtime["attention"] == "Ulysses 2 x ring 2 (ctxext zigzag ring, aten blocks)"
+    assert hybrid_result.runtime["zeroStage"] == 2 and hybrid_result.runtime["lossKernel"] == "fused"
+    assert single_result.runtime == {"attention": "sdpa", "sdpaBackends": "torch default", "zeroStage": 1,
+                                     "zeroStageRequested": 3, "activationCheckpointing": "1/2 layers",
+                                     "lossKernel": "fused"}

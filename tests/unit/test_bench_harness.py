@@ -84,7 +84,8 @@ def test_gpu_flops_and_peaks():
     assert gpu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
 
 
-@pytest.mark.parametrize("name", ["_harness", "gpu_throughput", "_tiny_runs", "demo_robustness", "theta_ablation"])
+@pytest.mark.parametrize("name", ["_harness", "gpu_throughput", "gpu_variants", "gpu_sp_check", "_tiny_runs",
+                                  "demo_robustness", "theta_ablation"])
 def test_doctests(name):
     result = doctest.testmod(load_bench(name))
     assert result.failed == 0 and result.attempted > 0
@@ -117,3 +118,22 @@ def test_evidence_bench_manifests_plan(tmp_path: Path):
     plan = plan_curriculum(job_from_object(obj).spec)
     assert [(s.seq_len, s.steps) for s in plan.stages] == [(4096, 8)]
     assert plan.stages[0].rope_theta > 100000.0
+
+
+def test_gpu_variants_choose_selective_checkpointing_from_the_card_memory():
+    variants = load_bench("gpu_variants")
+    gpu = load_bench("gpu_throughput")
+    default, full = variants.VARIANTS["default"], variants.VARIANTS["fullckpt"]
+    on_h100 = [variants.checkpointed_layers(gpu.ONE_B_SHAPE, n, 80.0, default) for n in (16384, 32768, 65536)]
+    assert on_h100 == sorted(on_h100) and on_h100[0] < 16  # longer sequences recompute more layers
+    assert variants.checkpointed_layers(gpu.ONE_B_SHAPE, 65536, 141.0, default) <= on_h100[-1]
+    assert variants.checkpointed_layers(gpu.ONE_B_SHAPE, 65536, 80.0, full) is None
+    assert variants.checkpointed_layers(gpu.ONE_B_SHAPE, 65536, None, default) is None  # CPU smoke: all layers
+    assert variants.VARIANTS["zero3"].env == {"CTXEXT_SINGLE_RANK_ZERO_STAGE": "3"}
+
+
+def test_sp_check_layouts():
+    sp = load_bench("gpu_sp_check")
+    assert sp.layouts("Ux2,1xn", 4) == [(2, 2), (1, 4)]
+    assert sp.layouts("Ux2,1xn", 2) == [(1, 2)]  # both name ring 2 alone on 2 GPUs
+    assert sp.layouts("3x2", 4) == []  # not 4 ranks: dropped

@@ -62,10 +62,28 @@ def test_memory_overflow_is_an_error_quoting_numbers():
 
 
 def test_tight_memory_is_a_warning():
-    plan = plan_of(example("llama3-8b-1m.yaml"))
-    biggest = max(s.estimated_memory_gib for s in plan.stages)
-    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", round(biggest / 0.95, 1))
+    every_layer = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 1.0)
+    biggest = max(s.estimated_memory_gib for s in plan_of(every_layer).stages)
+    obj = with_path(every_layer, "spec.resources.gpuMemoryGiB", round(biggest / 0.95, 1))
     assert any("tight" in w for w in plan_of(obj).warnings)
+
+
+def test_selective_checkpointing_recomputes_the_fewest_layers_that_fit():
+    stages = plan_of(example("llama3-8b-1m.yaml")).stages  # 48 GiB GPUs, 32 layers
+    every = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 1.0)).stages
+    for s, e in zip(stages, every, strict=True):
+        assert s.checkpointed_layers is not None and 0 < s.checkpointed_layers < 32
+        assert e.estimated_memory_gib < s.estimated_memory_gib <= 0.9 * 48
+    roomy = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", 4000)).stages
+    assert {s.checkpointed_layers for s in roomy} == {0}
+    half = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 0.5)
+    assert {s.checkpointed_layers for s in plan_of(with_path(half, "spec.resources.gpuMemoryGiB", 4000)).stages} == {16}
+    with pytest.raises(SpecError, match=r"needs about 57\.0 GiB per GPU but gpuMemoryGiB is 48"):
+        plan_of(half)  # an explicit fraction is kept, and then the 64K stage does not fit
+
+
+def test_cpu_stages_checkpoint_every_layer():
+    assert {s.checkpointed_layers for s in plan_of(example("tiny-cpu.yaml")).stages} == {None}
 
 
 def test_no_checkpointing_at_1m_does_not_fit():
@@ -151,21 +169,92 @@ def test_nulls_are_dropped_like_the_api_server():
     assert plan.stages[0].batch_size == 1
 
 
-@pytest.mark.parametrize(("heads", "kv", "sp", "ok"), [(24, 6, 4, False), (24, 8, 8, True), (32, 8, 16, True),
-                                                     (32, 8, 4, True), (48, 12, 8, False)])
-def test_sequence_parallel_degree_must_fit_the_kv_heads(heads, kv, sp, ok):
+def _with_heads(heads: int, kv: int, sp: int, ring: int | None = None) -> dict:
     obj = example("llama3-8b-1m.yaml")
     arch = obj["spec"]["model"]["architecture"]
     arch.update(numAttentionHeads=heads, numKeyValueHeads=kv, hiddenSize=heads * 128)
     obj["spec"]["parallelism"]["sequenceParallel"] = sp
+    if ring is not None:
+        obj["spec"]["parallelism"]["ringDegree"] = ring
     for stage in obj["spec"]["curriculum"].get("stages") or []:
         stage.pop("sequenceParallel", None)
-        stage["nodes"] = 6
+        stage["nodes"] = 12
     obj["spec"]["resources"]["gpuMemoryGiB"] = 1000
-    if ok:
-        assert plan_of(obj).stages[0].sequence_parallel == sp
-        return
+    return obj
+
+
+@pytest.mark.parametrize(("heads", "kv", "sp", "ulysses", "ring"), [
+    (32, 8, 8, 8, 1), (32, 8, 16, 8, 2), (32, 8, 32, 8, 4), (24, 6, 4, 2, 2), (48, 12, 8, 4, 2),
+    (32, 8, 4, 4, 1), (32, 4, 32, 4, 8), (4, 1, 8, 1, 8)])
+def test_automatic_split_keeps_ulysses_within_the_kv_heads_and_rings_the_rest(heads, kv, sp, ulysses, ring):
+    stage = plan_of(_with_heads(heads, kv, sp)).stages[0]
+    assert (stage.sequence_parallel, stage.ulysses_degree, stage.ring_degree) == (sp, ulysses, ring)
+    assert stage.sequence_parallel_layout.startswith(f"SP {sp} = ")
+    assert ("ring" in stage.sequence_parallel_layout) == (ring > 1)
+
+
+def test_plan_says_the_layout_in_words():
+    stages = plan_of(example("llama3-8b-1m.yaml")).stages
+    assert [s.sequence_parallel_layout for s in stages[:2]] == [
+        "SP 8 = Ulysses 8 (1 KV head per rank)", "SP 16 = Ulysses 8 (1 KV head per rank) x ring 2 (zigzag)"]
+
+
+@pytest.mark.parametrize(("heads", "kv", "sp", "why"), [
+    (24, 6, 4, "Ulysses 4 and the 6 key/value heads must divide one another"),
+    (24, 8, 16, "Ulysses 16 must divide the 24 attention heads"),
+    (32, 8, 64, "Ulysses 64 must divide the 32 attention heads")])
+def test_ulysses_only_is_refused_where_it_cannot_split_the_heads(heads, kv, sp, why):
+    with pytest.raises(SpecError) as err:
+        plan_of(_with_heads(heads, kv, sp, ring=1))
+    assert err.value.field == "spec.parallelism.ringDegree"
+    message = str(err.value)
+    assert f"sequence-parallel degree {sp} with ringDegree 1 runs Ulysses {sp}, but {why}" in message
+    assert "leave ringDegree unset for the automatic split" in message
+
+
+def test_ulysses_beyond_the_kv_heads_replicates_them_with_a_warning():
+    plan = plan_of(_with_heads(32, 8, 16, ring=1))
+    assert (plan.stages[0].ulysses_degree, plan.stages[0].ring_degree) == (16, 1)
+    assert any("replicated on 2 ranks" in w and "K/V all-to-all traffic grows 2x" in w for w in plan.warnings)
+
+
+def test_ring_degree_must_divide_the_sequence_parallel_degree():
+    with pytest.raises(SpecError) as err:
+        plan_of(_with_heads(32, 8, 8, ring=3))
+    assert err.value.field == "spec.parallelism.ringDegree"
+    assert "ringDegree must divide sequenceParallel: 3 does not divide 8" in str(err.value)
+
+
+def test_zigzag_ring_needs_seq_len_a_multiple_of_twice_the_degree():
+    obj = minimal(targetContextLength=8192 + 16 * 8 * 2 + 16, resources={"gpusPerNode": 16},
+                  parallelism={"sequenceParallel": 16})
+    obj["spec"]["model"]["architecture"] = example("llama3-8b-1m.yaml")["spec"]["model"]["architecture"]
+    with pytest.raises(SpecError, match="must be a multiple of 32 \\(2 x SP 16: zigzag ring attention"):
+        plan_of(obj)
+
+
+def test_a_stage_can_set_its_own_ring_degree_and_is_told_by_field_when_it_does_not_fit():
+    obj = example("llama3-8b-1m.yaml")
+    obj["spec"]["curriculum"]["stages"][1]["ringDegree"] = 4  # SP 16 there: Ulysses 4 x ring 4
+    stage = plan_of(obj).stages[1]
+    assert (stage.ulysses_degree, stage.ring_degree) == (4, 4)
+    obj["spec"]["curriculum"]["stages"][1]["ringDegree"] = 3
     with pytest.raises(SpecError) as err:
         plan_of(obj)
-    assert err.value.field == "spec.parallelism.sequenceParallel"
-    assert f"sequence-parallel degree {sp} does not fit the model's {kv} key/value heads" in str(err.value)
+    assert err.value.field == "spec.curriculum.stages[1].ringDegree"
+    assert "ringDegree 3 must divide the sequence-parallel degree 16" in str(err.value)
+
+
+def test_a_single_gpu_stage_is_planned_at_zero_1_with_the_fp32_gradient_buffer():
+    obj = with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpusPerNode", 1)
+    obj["spec"]["parallelism"]["sequenceParallel"] = 1
+    for stage in obj["spec"]["curriculum"]["stages"]:
+        stage.pop("sequenceParallel", None)
+        stage["nodes"] = 1
+    obj["spec"]["resources"]["gpuMemoryGiB"] = 4000
+    stage = plan_of(obj).stages[0]
+    assert stage.zero_stage == 1  # one rank partitions nothing: ZeRO-1 whatever zeroStage says
+    params = 8030261248
+    breakdown = stage.memory_breakdown_gib
+    assert breakdown is not None
+    assert breakdown["gradients"] == pytest.approx(6 * params / 2**30, rel=1e-3)  # bf16 + the fp32 buffer

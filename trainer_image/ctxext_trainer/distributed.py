@@ -5,7 +5,11 @@ torchrun (which the Kubeflow PyTorchJob runs with ``PET_NNODES``, ``PET_NPROC_PE
 ``PET_NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) exports ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK`` to each process; a plain ``python -m ctxext_trainer`` run gets single-process
 defaults. Ranks are laid out sequence-parallel-major, as DeepSpeed's ``parallel_state_sp`` builds
-its groups: rank = dp_rank · sp + sp_rank (ranks 0..sp−1 share one sequence).
+its groups: rank = dp_rank · sp + sp_rank (ranks 0..sp−1 share one sequence), and inside a sequence
+sp_rank = ring_rank · ulysses + ulysses_rank — the Ulysses ranks (all-to-all every layer) are
+neighbours, on one node where possible; the ring (point-to-point K/V passing) spans them.
+Example, 8 ranks, sp 4 = Ulysses 2 × ring 2: sequence groups {0..3} {4..7}, Ulysses groups
+{0,1} {2,3} {4,5} {6,7}, ring groups {0,2} {1,3} {4,6} {5,7}.
 """
 
 from __future__ import annotations
@@ -27,10 +31,23 @@ class Topology:
     world_size: int
     local_rank: int
     sp_size: int
+    ring_size: int = 1
 
     @property
     def sp_rank(self) -> int:
         return self.rank % self.sp_size
+
+    @property
+    def ulysses_size(self) -> int:
+        return self.sp_size // self.ring_size
+
+    @property
+    def ring_rank(self) -> int:
+        return self.sp_rank // self.ulysses_size
+
+    @property
+    def ulysses_rank(self) -> int:
+        return self.sp_rank % self.ulysses_size
 
     @property
     def dp_rank(self) -> int:
@@ -62,7 +79,7 @@ def _skip_shm_comm_op() -> None:
         deepspeed.ops.__compatible_ops__ = {}
 
 
-def init_distributed(device: str, sp_size: int) -> Topology:
+def init_distributed(device: str, sp_size: int, ring_size: int = 1) -> Topology:
     """Initialise the default process group through DeepSpeed (gloo on CPU, nccl on CUDA)."""
     import deepspeed
 
@@ -81,31 +98,10 @@ def init_distributed(device: str, sp_size: int) -> Topology:
     world = torch_dist.get_world_size()
     if world % sp_size:
         raise ValueError(f"world size {world} is not divisible by sequence_parallel {sp_size}")
-    return Topology(rank=torch_dist.get_rank(), world_size=world, local_rank=local_rank, sp_size=sp_size)
-
-
-def setup_sequence_parallel(model: Any, topo: Topology, micro_batch_size: int, attn_implementation: str) -> Any:
-    """Route the model's attention through DeepSpeed-Ulysses; returns the ``mpu`` for
-    ``deepspeed.initialize`` (None without sequence parallelism).
-
-    ``UlyssesSPAttentionHF.register_with_transformers`` replaces transformers' attention function of
-    ``attn_implementation`` with an all-to-all wrapper (sequence shards → head shards and back) and
-    builds DeepSpeed's sequence / sequence-data-parallel groups. Evaluation runs unsharded
-    (``disable_in_eval``): each rank then sees whole sequences.
-    """
-    if topo.sp_size <= 1:
-        return None
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPAttentionHF
-
-    return UlyssesSPAttentionHF.register_with_transformers(
-        model_name_or_path=model, core_attn_implementation=attn_implementation,
-        sequence_parallel_size=topo.sp_size, micro_batch_size=micro_batch_size,
-        seq_length_is_variable=True, disable_in_eval=True)
-
-
-def sequence_parallel_group(mpu: Any) -> Any:
-    """The process group of this rank's sequence (None = just this rank)."""
-    return mpu.get_sequence_parallel_group() if mpu is not None else None
+    if sp_size % ring_size:
+        raise ValueError(f"sequence_parallel {sp_size} is not divisible by ring_degree {ring_size}")
+    return Topology(rank=torch_dist.get_rank(), world_size=world, local_rank=local_rank, sp_size=sp_size,
+                    ring_size=ring_size)
 
 
 def all_reduce_sum(tensor: torch.Tensor, group: Any = None) -> torch.Tensor:
@@ -131,6 +127,9 @@ def _forget_deepspeed_groups() -> None:
     from deepspeed.runtime.sequence_parallel import parallel_state_sp
     from deepspeed.utils import groups
 
+    from ctxext_trainer import ring_attention
+
+    ring_attention.unregister()
     parallel_state_sp._release_sequence_parallel_groups()
     for name, value in list(vars(groups).items()):
         if name.startswith("_") and name.isupper() and "GROUP" in name:

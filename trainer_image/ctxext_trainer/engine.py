@@ -77,7 +77,9 @@ def build_engine(module: torch.nn.Module, config: StageConfig, ds_config: dict[s
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=config.learning_rate)
     else:
-        opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0)
+        # fused: one CUDA kernel for the whole update instead of a dozen foreach passes (CPU: foreach)
+        opt = torch.optim.AdamW(params, lr=config.learning_rate, betas=(0.9, 0.95), weight_decay=0.0,
+                                fused=config.device == "cuda" and torch.cuda.is_available())
 
     def schedule(o: torch.optim.Optimizer) -> LambdaLR:
         return LambdaLR(o, lambda s: lr_factor(s, steps=config.steps, warmup=config.warmup_steps,

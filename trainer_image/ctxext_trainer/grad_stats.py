@@ -31,6 +31,8 @@ class GradStats:
     grad_norm: float
     nonfinite: int
     layer_norms: dict[str, float] = field(default_factory=dict)
+    extra: list[float] = field(default_factory=list)
+    """The ``extra`` numbers passed to :func:`gradient_stats`, summed over ranks."""
 
     @property
     def max_layer(self) -> tuple[str, float]:
@@ -86,8 +88,11 @@ def owned_weight(param: torch.nn.Parameter, zero_stage: int, rank: int, world: i
 
 
 def gradient_stats(named_params: list[tuple[str, torch.nn.Parameter]], zero_stage: int, rank: int,
-                   world: int) -> GradStats:
-    """Global grad norm, non-finite count and per-layer norms (one all-reduce)."""
+                   world: int, extra: torch.Tensor | None = None) -> GradStats:
+    """Global grad norm, non-finite count and per-layer norms (one all-reduce, one device→host copy).
+
+    ``extra`` (float64, on any device) rides along in the same all-reduce and copy: the train loop
+    passes the step's loss sums, so a step costs one host synchronisation for both."""
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     parts: list[torch.Tensor] = []
     for _, p in named_params:
@@ -99,9 +104,14 @@ def gradient_stats(named_params: list[tuple[str, torch.nn.Parameter]], zero_stag
         finite = torch.isfinite(g)
         part = torch.stack([torch.where(finite, g, 0.0).double().pow(2).sum(), (~finite).sum().double()])
         parts.append(part.to(device, non_blocking=True))
+    n_extra = 0 if extra is None else extra.numel()
+    if extra is not None:
+        parts.append(extra.detach().double().reshape(-1).to(device))
     # one device→host copy for all parameters (no per-parameter synchronisation on GPU)
     sums = torch.cat(parts).cpu() if parts else torch.zeros(0, dtype=torch.float64)
     all_reduce_sum(sums)
+    extra_sums = sums[len(sums) - n_extra:].tolist() if n_extra else []
+    sums = sums[:len(sums) - n_extra]
     layers: dict[str, float] = {}
     for i, (name, _) in enumerate(named_params):
         key = layer_name(name)
@@ -109,7 +119,7 @@ def gradient_stats(named_params: list[tuple[str, torch.nn.Parameter]], zero_stag
     nonfinite = int(sums[1::2].sum())
     total = float(sums[0::2].sum())
     return GradStats(grad_norm=math.sqrt(total) if nonfinite == 0 else math.nan, nonfinite=nonfinite,
-                     layer_norms={k: math.sqrt(v) for k, v in layers.items()})
+                     layer_norms={k: math.sqrt(v) for k, v in layers.items()}, extra=extra_sums)
 
 
 def snapshot_owned_weights(named_params: list[tuple[str, torch.nn.Parameter]], zero_stage: int, rank: int,
@@ -120,12 +130,10 @@ def snapshot_owned_weights(named_params: list[tuple[str, torch.nn.Parameter]], z
 
 def update_to_weight_ratio(before: list[torch.Tensor], named_params: list[tuple[str, torch.nn.Parameter]],
                            zero_stage: int, rank: int, world: int) -> float:
-    """‖w_after − w_before‖ / ‖w_before‖ over the whole model (one all-reduce)."""
-    sums = torch.zeros(2, dtype=torch.float64)
-    for old, (_, p) in zip(before, named_params, strict=True):
-        new = owned_weight(p, zero_stage, rank, world).detach().float()
-        sums[0] += float((new - old).pow(2).sum())
-        sums[1] += float(old.pow(2).sum())
+    """‖w_after − w_before‖ / ‖w_before‖ over the whole model (one all-reduce, one host copy)."""
+    parts = [torch.stack([(owned_weight(p, zero_stage, rank, world).detach().float() - old).double().pow(2).sum(),
+                          old.double().pow(2).sum()]) for old, (_, p) in zip(before, named_params, strict=True)]
+    sums = torch.stack(parts).sum(0).cpu() if parts else torch.zeros(2, dtype=torch.float64)
     all_reduce_sum(sums)
     return math.sqrt(float(sums[0])) / max(math.sqrt(float(sums[1])), 1e-30)
 

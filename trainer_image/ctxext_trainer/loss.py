@@ -1,9 +1,10 @@
 """The training loss: chunked LM head + cross-entropy, aggregated correctly under sequence parallelism.
 
 **Chunking.** Logits of a 64K-token shard at a 128K vocabulary would take 32 GiB in fp32. The LM
-head and cross-entropy run on ``LOSS_CHUNK_TOKENS`` tokens at a time, each chunk under activation
-checkpointing, so at most one chunk's logits exist in forward and in backward (the planner's memory
-estimate assumes exactly this).
+head and cross-entropy run on ``LOSS_CHUNK_TOKENS`` tokens at a time, so at most one chunk's logits
+exist at once (the planner's memory estimate assumes exactly this): fused — each chunk's gradients
+made in the forward pass (:mod:`ctxext_trainer.fused_ce`, or Liger-Kernel's on CUDA) — or, under
+ZeRO-3, each chunk under activation checkpointing (recomputed in backward).
 
 **Aggregation.** With sequence-parallel degree ``sp`` each rank holds ``1/sp`` of a sequence's
 tokens, and the true gradient is the *sum* of the ranks' contributions. Each rank backpropagates
@@ -14,14 +15,16 @@ its own share of the sequence-mean loss::
 Worked example, sp = 2, tokens 3 + 1 with CE sums 6.0 and 2.0: N = 4, rank 0 backpropagates
 6/4 = 1.5, rank 1 2/4 = 0.5; their sum 2.0 is the sequence mean (6 + 2) / 4.
 
-How DeepSpeed 0.19 then reduces gradients over the ``dp · sp`` ranks differs by ZeRO stage
-(measured, and read in its source):
+How DeepSpeed 0.19 then reduces gradients over the ranks differs by ZeRO stage (measured, and read
+in its source). DeepSpeed knows only the Ulysses ranks as "sequence parallel" (its ``mpu``); ring
+ranks are data-parallel ranks to it. With ``sp = ulysses · ring``:
 
-* ZeRO 0–2 divide the all-reduced sum by ``dp`` only (``engine.allreduce_bucket`` and
-  ``stage_1_and_2`` divide by ``world / sp``): they *sum* over the sequence → scale 1;
+* ZeRO 0–2 divide the all-reduced sum by ``world / ulysses`` (``engine.allreduce_bucket`` and
+  ``stage_1_and_2`` divide by ``world / sp_ds``): they *sum* over the Ulysses ranks but *average*
+  over the ring ranks → the loss is scaled by ``ring``;
 * ZeRO-3's reduce-scatter path (``reduce_scatter: true``, which :mod:`ctxext_trainer.engine` pins)
-  divides by the whole partition group ``dp · sp`` (``reduce_scatter_coalesced`` pre-divides by
-  the world size): it *averages* over the sequence → the loss is scaled by ``sp``
+  divides by the whole partition group (``reduce_scatter_coalesced`` pre-divides by the world
+  size): it *averages* over the whole sequence → the loss is scaled by ``sp``
   (:func:`sequence_parallel_loss_scale`).
 
 The Ulysses tutorial instead all-gathers per-rank losses *with autograd*, so every rank holds the
@@ -41,6 +44,8 @@ from torch.utils.checkpoint import checkpoint
 
 from ctxext.memory import LOSS_CHUNK_TOKENS
 from ctxext_trainer.distributed import all_reduce_sum
+from ctxext_trainer.fused_ce import fused_ce_sum, liger_ce_sum
+from ctxext_trainer.speed import sdpa_priority
 
 IGNORE_INDEX = -100
 
@@ -73,36 +78,57 @@ def chunked_ce_sum(hidden: torch.Tensor, labels: torch.Tensor, lm_head: nn.Modul
     return total
 
 
-def sequence_parallel_loss_scale(zero_stage: int, sp_size: int) -> float:
+def sequence_parallel_loss_scale(zero_stage: int, sp_size: int, ulysses_size: int | None = None) -> float:
     """Factor on each rank's loss that makes DeepSpeed's reduced gradient the single-process one.
+
+    ``ulysses_size`` defaults to ``sp_size`` (Ulysses only). Ulysses 2 × ring 2 at ZeRO 2 → 2, at ZeRO 3 → 4:
 
     >>> sequence_parallel_loss_scale(2, 4), sequence_parallel_loss_scale(3, 4), sequence_parallel_loss_scale(3, 1)
     (1.0, 4.0, 1.0)
+    >>> sequence_parallel_loss_scale(2, 4, ulysses_size=2), sequence_parallel_loss_scale(3, 4, ulysses_size=2)
+    (2.0, 4.0)
     """
-    return float(sp_size) if zero_stage == 3 and sp_size > 1 else 1.0
+    if sp_size <= 1:
+        return 1.0
+    if zero_stage == 3:
+        return float(sp_size)
+    return float(sp_size // (ulysses_size or sp_size))
 
 
 class CausalLMTrainModule(nn.Module):
     """Wraps a HF causal LM; ``forward`` returns (loss to backpropagate, CE sum, valid-token count).
 
-    ``loss_scale`` is :func:`sequence_parallel_loss_scale` of the engine's ZeRO stage.
+    ``loss_scale`` is :func:`sequence_parallel_loss_scale` of the engine's ZeRO stage and layout;
+    ``loss_kernel`` one of :func:`ctxext_trainer.fused_ce.loss_kernel`'s answers; ``sdpa_backends``
+    an SDPA priority order for the model's forward (:mod:`ctxext_trainer.speed`; empty = torch's).
 
     The HF model is ``self.lm`` (saved with ``lm.`` prefixes in DeepSpeed checkpoints).
     """
 
     def __init__(self, lm: nn.Module, sp_group: Any = None, chunk_tokens: int = LOSS_CHUNK_TOKENS,
-                 loss_scale: float = 1.0):
+                 loss_scale: float = 1.0, loss_kernel: str = "chunked", sdpa_backends: list[Any] | None = None):
         super().__init__()
         self.lm = lm
         self.sp_group = sp_group
         self.loss_scale = loss_scale
         self.chunk_tokens = chunk_tokens
+        self.loss_kernel = loss_kernel
+        self.sdpa_backends = sdpa_backends or []
+
+    def _ce_sum(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        lm: Any = self.lm
+        if self.loss_kernel == "liger":
+            return liger_ce_sum(hidden, labels, lm.lm_head.weight)
+        if self.loss_kernel == "fused" and torch.is_grad_enabled():
+            return fused_ce_sum(hidden, labels, lm.lm_head.weight, self.chunk_tokens)
+        return chunked_ce_sum(hidden, labels, lm.lm_head, self.chunk_tokens)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor,
                 position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         lm: Any = self.lm
-        out = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-        ce_sum = chunked_ce_sum(out.last_hidden_state, labels, lm.lm_head, self.chunk_tokens)
+        with sdpa_priority(self.sdpa_backends):
+            out = lm.model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+        ce_sum = self._ce_sum(out.last_hidden_state, labels)
         count = (labels != IGNORE_INDEX).sum().to(torch.float32)
         seq_count = all_reduce_sum(count.detach().clone(), self.sp_group) if self.sp_group is not None else count
         loss = ce_sum * (self.loss_scale / seq_count.clamp(min=1.0))

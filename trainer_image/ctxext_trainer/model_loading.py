@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ctxext_trainer.rope import apply_stage_rope, set_rope_theta
+from ctxext_trainer.speed import decoder_layers, enable_activation_checkpointing
 
 
 @dataclass
@@ -28,10 +29,15 @@ class LoadedModel:
     dtype: torch.dtype
     hf_ds_config: Any = None
     """Keeps transformers' ZeRO-3 awareness alive while the engine exists."""
+    checkpointed_layers: int | None = None
+    """Decoder layers that recompute in backward (None: checkpointing off)."""
+    num_layers: int = 0
 
 
 def attention_implementation(device: str) -> str:
-    """flash_attention_2 on CUDA when the package is installed, else sdpa (Ulysses needs one of them)."""
+    """flash_attention_2 on CUDA when the package is installed, else sdpa (Ulysses needs one of them);
+    under sdpa, torch picks its fastest backend (flash / cuDNN / memory-efficient, math on CPU), in
+    the order ``CTXEXT_SDPA_BACKENDS`` sets (:mod:`ctxext_trainer.speed`)."""
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
@@ -61,8 +67,12 @@ def resolve_model_path(model_path: str) -> str:
 
 
 def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device: str,
-                   activation_checkpointing: bool, ds_config: dict[str, Any] | None = None) -> LoadedModel:
-    """The model of ``model_dir`` with the stage's RoPE theta, ready for ``deepspeed.initialize``."""
+                   activation_checkpointing: bool, ds_config: dict[str, Any] | None = None,
+                   checkpointed_layers: int | None = None) -> LoadedModel:
+    """The model of ``model_dir`` with the stage's RoPE theta, ready for ``deepspeed.initialize``.
+
+    With ``activation_checkpointing``, ``checkpointed_layers`` decoder layers recompute in backward
+    (None = all; :func:`ctxext_trainer.speed.enable_activation_checkpointing`)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,9 +92,11 @@ def load_causal_lm(model_dir: str | Path, *, theta: float, seq_len: int, device:
                                                  local_files_only=True)
     set_rope_theta(model, theta, seq_len)
     model.config.use_cache = False
+    checkpointed = None
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return LoadedModel(model=model, attn_implementation=attn, dtype=dtype, hf_ds_config=hf_ds_config)
+        checkpointed = enable_activation_checkpointing(model, checkpointed_layers)
+    return LoadedModel(model=model, attn_implementation=attn, dtype=dtype, hf_ds_config=hf_ds_config,
+                       checkpointed_layers=checkpointed, num_layers=len(decoder_layers(model)))
 
 
 def load_for_evaluation(model_dir: str | Path, *, device: str) -> Any:

@@ -24,21 +24,18 @@ from ctxext_trainer import exit_codes
 from ctxext_trainer.checkpoint import load_latest_checkpoint
 from ctxext_trainer.data.batches import build_stage_data
 from ctxext_trainer.data.packing import StreamState
-from ctxext_trainer.distributed import (
-    Topology,
-    close_distributed,
-    init_distributed,
-    sequence_parallel_group,
-    setup_sequence_parallel,
-)
+from ctxext_trainer.distributed import Topology, close_distributed, init_distributed
 from ctxext_trainer.engine import GRADIENT_CLIPPING, build_engine, deepspeed_config, lr_factor
 from ctxext_trainer.export import export_model
+from ctxext_trainer.fused_ce import loss_kernel
 from ctxext_trainer.guard import HealthGuard
 from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scale
 from ctxext_trainer.metrics import TrainerMetrics
 from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation, resolve_model_path
 from ctxext_trainer.reporting import StatusReporter
 from ctxext_trainer.rope import keep_rope_fp32
+from ctxext_trainer.sequence_parallel import setup_sequence_parallel
+from ctxext_trainer.speed import effective_zero_stage, runtime_report, sdpa_backends
 from ctxext_trainer.tokenizer import load_tokenizer
 from ctxext_trainer.train_loop import LoopParts, LoopState, checkpoint_root, run_steps
 
@@ -105,13 +102,24 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
     preempt = [False]
     signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__(0, True))
     tokenizer = load_tokenizer(resolve_model_path(config.model_path))
+    requested_zero = config.zero_stage
+    config = config.model_copy(update={"zero_stage": effective_zero_stage(requested_zero, topo.world_size)})
     ds_config = deepspeed_config(config, gradient_clipping=GRADIENT_CLIPPING)
     loaded = load_causal_lm(config.model_path, theta=config.rope_theta, seq_len=config.seq_len, device=config.device,
-                            activation_checkpointing=config.activation_checkpointing, ds_config=ds_config)
-    mpu = setup_sequence_parallel(loaded.model, topo, config.batch_size, loaded.attn_implementation)
-    module = CausalLMTrainModule(loaded.model, sp_group=sequence_parallel_group(mpu),
-                                 loss_scale=sequence_parallel_loss_scale(config.zero_stage, topo.sp_size))
-    engine = build_engine(module, config, ds_config, mpu=mpu)
+                            activation_checkpointing=config.activation_checkpointing, ds_config=ds_config,
+                            checkpointed_layers=config.checkpointed_layers)
+    sp = setup_sequence_parallel(loaded.model, topo, config.batch_size, loaded.attn_implementation,
+                                 device=config.device)
+    kernel, backends = loss_kernel(config.device, config.zero_stage), sdpa_backends()
+    module = CausalLMTrainModule(loaded.model, sp_group=sp.sequence_group, loss_kernel=kernel, sdpa_backends=backends,
+                                 loss_scale=sequence_parallel_loss_scale(config.zero_stage, topo.sp_size,
+                                                                         topo.ulysses_size))
+    runtime = runtime_report(attention=sp.attention, zero_requested=requested_zero, zero_stage=config.zero_stage,
+                             checkpointed=loaded.checkpointed_layers, num_layers=loaded.num_layers,
+                             loss_kernel=kernel, backends=backends)
+    if topo.is_rank0:
+        log.info("runtime: %s", runtime)
+    engine = build_engine(module, config, ds_config, mpu=sp.mpu)
     keep_rope_fp32(loaded.model)
     data = build_stage_data(config, tokenizer)
     guard = HealthGuard(sigma=config.failure_policy.loss_spike_sigma,
@@ -158,6 +166,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
             status, reason, code, rc = "Succeeded", None, None, exit_codes.OK
         result = _result(config, state, guard, status=status, reason=reason, code=code, model_path=model_path,
                          evaluation=evaluation, wall=time.time() - started, warnings=warnings)
+        result.runtime = runtime
         if topo.is_rank0:
             write_result(out, result)
             reporter.progress(step=state.step, loss=state.last_loss, tokens_per_second=None, force=True)
@@ -179,7 +188,7 @@ def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str) 
 
 def run_stage(config: StageConfig) -> int:
     """Set up the process group, train the stage, always tear down. Returns the exit code."""
-    topo = init_distributed(config.device, config.sequence_parallel)
+    topo = init_distributed(config.device, config.sequence_parallel, config.ring_degree)
     try:
         return train_stage(config, topo)
     except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help

@@ -87,7 +87,9 @@ def checkpoint_root(config: StageConfig) -> Path:
 
 
 def _agreed(local: bool) -> bool:
-    """True on every rank when any rank says so (one all-reduce of a single number)."""
+    """True on every rank when any rank says so (one all-reduce of a single number; none on one rank)."""
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        return local
     return bool(all_reduce_sum(torch.tensor([1.0 if local else 0.0])).item() > 0)
 
 
@@ -137,7 +139,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     """Train from ``state.step`` to ``config.steps`` unless the guard stops or a preemption arrives."""
     config, engine, topo, guard = parts.config, parts.engine, parts.topo, parts.guard
     layout = Layout(dp_rank=topo.dp_rank, dp_size=topo.dp_size, sp_rank=topo.sp_rank, sp_size=topo.sp_size,
-                    batch_size=config.batch_size, accumulation=config.gradient_accumulation)
+                    batch_size=config.batch_size, accumulation=config.gradient_accumulation, ring_size=topo.ring_size)
     named = engine_named_params(engine)
     zero = config.zero_stage
     nan_steps, spike_steps = (injected_steps(INJECT_NAN_ENV, config.attempt),
@@ -149,7 +151,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
         t0, cpu0 = time.perf_counter(), time.process_time()
         data_before = StreamState.from_dict(parts.data.state.to_dict())
         batches = parts.data.step_batches(state.step, layout)
-        sums = torch.zeros(2, dtype=torch.float64)
+        sums_dev = torch.zeros(2, dtype=torch.float64, device=engine.device)  # no host sync per micro-batch
         for i, batch in enumerate(batches):
             loss, ce_sum, count = engine(**{k: v.to(engine.device) for k, v in batch.items()})
             if step_no in nan_steps:
@@ -157,20 +159,22 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
             if step_no in spike_steps:
                 loss, ce_sum = loss * SPIKE_FACTOR, ce_sum * SPIKE_FACTOR
             engine.backward(loss)
-            sums += torch.stack([ce_sum.double().cpu(), count.double().cpu()])
+            sums_dev += torch.stack([ce_sum.double(), count.double()])
             if i < len(batches) - 1:
                 engine.step()  # inside the accumulation window: DeepSpeed only counts the micro-step
                 if step_no in sigterm_steps and i == 0 and topo.is_rank0:
                     os.kill(os.getpid(), signal.SIGTERM)
                 if _agreed(parts.preempt_flag[0]):  # a SIGTERM mid-step: do not finish the step
                     return _abandon_step(parts, state, data_before)
-        stats = gradient_stats(named, zero, topo.rank, topo.world_size)
+        # the guard's gradient statistics and the step's loss over all ranks: one all-reduce and one
+        # host synchronisation per step, both known *before* the update
+        stats = gradient_stats(named, zero, topo.rank, topo.world_size, extra=sums_dev)
+        sums = torch.tensor(stats.extra, dtype=torch.float64)
         stop = guard.check_gradients(step_no, stats.grad_norm, stats.nonfinite)
         if stop is not None:
             parts.metrics.record_nonfinite(max(stats.nonfinite, 1))
             state.stop = stop
             break
-        all_reduce_sum(sums)  # the step's loss over all ranks, known *before* the update
         loss_value = float(sums[0] / sums[1].clamp(min=1))
         spikes_before = guard.spikes
         stop = guard.observe_loss(step_no, loss_value)

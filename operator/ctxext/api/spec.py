@@ -129,6 +129,9 @@ class StageSpec(ApiModel):
     sequence_parallel: int | None = Field(default=None, ge=1, le=1024)
     """Sequence-parallel degree of this stage; default parallelism.sequenceParallel. Longer stages
     usually need more."""
+    ring_degree: int | None = Field(default=None, ge=1, le=1024)
+    """Ring-attention degree of this stage (Ulysses = sequenceParallel / ringDegree); default
+    parallelism.ringDegree, else automatic."""
     warmup_steps: int | None = Field(default=None, ge=0, le=10_000_000)
     """Learning-rate warm-up steps of this stage."""
 
@@ -180,13 +183,27 @@ class ResourcesSpec(ApiModel):
 class ParallelismSpec(ApiModel):
     """How a stage is spread over the GPUs."""
 
+    model_config = ApiModel.model_config | {"json_schema_extra": k8s(validations=[
+        cel("!has(self.ringDegree) || self.sequenceParallel % self.ringDegree == 0",
+            "ringDegree must divide sequenceParallel", field_path=".ringDegree"),
+    ])}
+
     sequence_parallel: int = Field(default=1, ge=1, le=1024)
-    """DeepSpeed-Ulysses sequence-parallel degree: each sequence is split over this many ranks.
-    Must divide every stage's seqLen and its number of processes."""
+    """Sequence-parallel degree: each sequence is split over this many ranks, as Ulysses × ring
+    (see ringDegree). Must divide every stage's seqLen and its number of processes."""
+    ring_degree: int | None = Field(default=None, ge=1, le=1024)
+    """Ring-attention ranks per sequence; DeepSpeed-Ulysses runs sequenceParallel / ringDegree ranks
+    inside each. Unset = automatic: Ulysses as large as the key/value heads allow without
+    replicating them (gcd of sequenceParallel and the KV heads), the rest as a zigzag ring; e.g.
+    sequenceParallel 16 on 8 KV heads = Ulysses 8 × ring 2. 1 = Ulysses only."""
     zero_stage: int = Field(default=3, ge=0, le=3)
     """DeepSpeed ZeRO stage (0–3): what is sharded over ranks (3 = weights, gradients, optimizer)."""
     activation_checkpointing: bool = True
     """Recompute layer activations in the backward pass (needed for long sequences)."""
+    checkpoint_layer_fraction: float | None = Field(default=None, gt=0, le=1)
+    """With activationCheckpointing: the fraction of decoder layers that recompute (evenly spread;
+    the others keep their activations, which saves their recomputation). Unset = automatic on GPU:
+    the fewest layers whose memory estimate fits 90% of gpuMemoryGiB; all layers on CPU."""
 
 
 class DataFormat(StrEnum):

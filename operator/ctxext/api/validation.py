@@ -44,6 +44,10 @@ def spec_rule_violations(spec: ContextExtensionJobSpec) -> list[tuple[str, str]]
             problems.append((where, f"the sequence-parallel degree must divide every stage's seqLen and "
                              f"targetContextLength: {degree} does not divide {length}"))
             break
+    ring = spec.parallelism.ring_degree
+    if ring is not None and sp % ring:
+        problems.append(("spec.parallelism.ringDegree", f"ringDegree must divide sequenceParallel: {ring} does not "
+                         f"divide {sp}"))
     if cur.theta_rule is ThetaRule.FIXED:
         if not stages:
             problems.append(("spec.curriculum.stages", "thetaRule fixed needs explicit stages, each with ropeTheta"))

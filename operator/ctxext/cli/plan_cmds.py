@@ -11,13 +11,32 @@ from rich.table import Table
 from ctxext.api.crd import crd_yaml
 from ctxext.cli.common import OutputFormat, console, emit, err_console, reports_errors
 from ctxext.manifest import load_job, load_jobs
-from ctxext.planner import Plan, plan_curriculum
+from ctxext.planner import Plan, PlannedStage, plan_curriculum
 
 MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
 
 
 def _fmt_tokens(n: int) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+
+
+def _fmt_sp(stage: PlannedStage) -> str:
+    """SP column: the degree, and its Ulysses × ring split when there is a ring (``16 (8×2)``)."""
+    if stage.ring_degree == 1:
+        return str(stage.sequence_parallel)
+    return f"{stage.sequence_parallel} ({stage.ulysses_degree}×{stage.ring_degree})"
+
+
+def layout_lines(plan: Plan) -> list[str]:
+    """One line per stage: how its ranks split a sequence, and selective checkpointing if any."""
+    lines = []
+    for s in plan.stages:
+        parts = [s.sequence_parallel_layout] if s.sequence_parallel > 1 else []
+        if s.checkpointed_layers is not None:
+            parts.append(f"activation checkpointing on {s.checkpointed_layers} layers (selective)")
+        if parts:
+            lines.append(f"stage {s.index}: " + "; ".join(parts))
+    return lines
 
 
 def plan_table(plan: Plan, title: str) -> Table:
@@ -29,7 +48,7 @@ def plan_table(plan: Plan, title: str) -> Table:
         table.add_row(
             f"{s.index}/{len(plan.stages)}", _fmt_tokens(s.seq_len), f"{s.rope_theta:,.0f}", str(s.steps),
             f"{s.learning_rate:g}", f"{s.batch_size}×{s.gradient_accumulation}",
-            f"{s.nodes}×{s.processes_per_node}", str(s.sequence_parallel), str(s.data_parallel), str(s.zero_stage),
+            f"{s.nodes}×{s.processes_per_node}", _fmt_sp(s), str(s.data_parallel), str(s.zero_stage),
             f"{s.tokens_per_step:,}", "-" if s.estimated_memory_gib is None else f"{s.estimated_memory_gib:.1f}",
         )
     return table
@@ -46,6 +65,8 @@ def plan(manifest: Path = MANIFEST,
         name = job.metadata.get("name", manifest.name)
         console.print(plan_table(result, f"{name}: {_fmt_tokens(result.original_context_length)} → "
                                  f"{_fmt_tokens(result.target_context_length)} ({result.theta_rule})"))
+        for line in layout_lines(result):
+            console.print(line, highlight=False)
         for w in result.warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
     else:

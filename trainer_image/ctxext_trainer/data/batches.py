@@ -5,11 +5,14 @@ Every rank runs the same deterministic stream and keeps only its part, so no ran
 another's position and a checkpoint holds one :class:`~ctxext_trainer.data.packing.StreamState`.
 One optimizer step draws ``dp · accumulation · batch`` sequences of the step's length ``L``;
 sequence ``j`` belongs to micro-step ``j // (dp·batch)`` and data-parallel rank
-``(j mod dp·batch) // batch``. Each sequence-parallel rank ``r`` of ``sp`` then keeps tokens
-``[r·L/sp, (r+1)·L/sp)`` of inputs, labels and positions.
+``(j mod dp·batch) // batch``. Each sequence-parallel rank ``r`` of ``sp`` then keeps its tokens of
+inputs, labels and positions: ``[r·L/sp, (r+1)·L/sp)`` with Ulysses only, its zigzag share with a
+ring (:func:`ctxext_trainer.zigzag.shard_ranges`; positions stay the global ones, so RoPE and the
+ring's causal blocks agree).
 
 Example: dp 1, sp 2, batch 1, accumulation 1, L = 8 → rank 0 gets positions 0..3, rank 1 gets
-4..7; labels were shifted before cutting, so rank 0's last label is token 4.
+4..7; labels were shifted before cutting, so rank 0's last label is token 4. With ring 2 instead
+(Ulysses 1) rank 0 gets positions 0, 1, 6, 7 and rank 1 gets 2..5.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ctxext_trainer.data.packing import PackedSequence, StreamState, TokenStream
 from ctxext_trainer.data.sources import load_documents
 from ctxext_trainer.eval.haystack import SentencePool
 from ctxext_trainer.tokenizer import Tokenizer
+from ctxext_trainer.zigzag import shard_ranges
 
 
 def step_length(step: int, *, seed: int, seq_len: int, min_seq_len: int | None, multiple: int) -> int:
@@ -56,6 +60,27 @@ class Layout:
     sp_size: int = 1
     batch_size: int = 1
     accumulation: int = 1
+    ring_size: int = 1
+    """Ring ranks of the ``sp_size`` (Ulysses = sp_size / ring_size inside each)."""
+
+    @property
+    def token_multiple(self) -> int:
+        """Step lengths are multiples of this: sp, or 2·sp with a ring (2·ring zigzag chunks)."""
+        return self.sp_size * (2 if self.ring_size > 1 else 1)
+
+    def ranges(self, length: int) -> list[tuple[int, int]]:
+        """This rank's token ranges of a ``length``-token sequence.
+
+        >>> Layout(sp_rank=1, sp_size=2, ring_size=2).ranges(8)
+        [(2, 4), (4, 6)]
+        """
+        ulysses = self.sp_size // self.ring_size
+        return shard_ranges(length, ring=self.ring_size, ulysses=ulysses, ring_rank=self.sp_rank // ulysses,
+                            ulysses_rank=self.sp_rank % ulysses)
+
+
+def _cut(values: list[int], ranges: list[tuple[int, int]]) -> list[int]:
+    return [v for lo, hi in ranges for v in values[lo:hi]]
 
 
 class StageData:
@@ -95,19 +120,18 @@ class StageData:
     def step_batches(self, step: int, layout: Layout) -> list[dict[str, torch.Tensor]]:
         """This rank's micro-batches of optimizer step ``step`` (consumes the whole step's data)."""
         length = step_length(step, seed=self.seed, seq_len=self.seq_len, min_seq_len=self.min_seq_len,
-                             multiple=layout.sp_size)
+                             multiple=layout.token_multiple)
         per_micro = layout.dp_size * layout.batch_size
         sequences = [self.next_sequence(length) for _ in range(per_micro * layout.accumulation)]
-        shard = length // layout.sp_size
-        lo, hi = layout.sp_rank * shard, (layout.sp_rank + 1) * shard
+        ranges = layout.ranges(length)
         batches = []
         for micro in range(layout.accumulation):
             first = micro * per_micro + layout.dp_rank * layout.batch_size
             mine = sequences[first:first + layout.batch_size]
             batches.append({
-                "input_ids": torch.tensor([s.input_ids[lo:hi] for s in mine], dtype=torch.long),
-                "labels": torch.tensor([s.labels[lo:hi] for s in mine], dtype=torch.long),
-                "position_ids": torch.tensor([s.position_ids[lo:hi] for s in mine], dtype=torch.long),
+                "input_ids": torch.tensor([_cut(s.input_ids, ranges) for s in mine], dtype=torch.long),
+                "labels": torch.tensor([_cut(s.labels, ranges) for s in mine], dtype=torch.long),
+                "position_ids": torch.tensor([_cut(s.position_ids, ranges) for s in mine], dtype=torch.long),
             })
         return batches
 
