@@ -128,6 +128,7 @@ def main() -> int:
 def plot(cells: dict[tuple[str, int, int], dict[str, Any]], variants: list[str], path: Path) -> None:
     """Passkey by length after 8x and 16x, and loss by position after 16x: mean over seeds, min-max bars."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -141,7 +142,9 @@ def plot(cells: dict[tuple[str, int, int], dict[str, Any]], variants: list[str],
                         yerr=[[statistics.fmean(y) - min(y) if y else 0 for y in ys],
                               [max(y) - statistics.fmean(y) if y else 0 for y in ys]], capsize=3)
         ax.axvline(128 * f, color="grey", ls=":")
-        ax.set(xscale="log", xticks=LENGTHS, xticklabels=[str(n) for n in LENGTHS], ylim=(-0.05, 1.05),
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set(xticks=LENGTHS, xticklabels=[str(n) for n in LENGTHS], ylim=(-0.05, 1.05),
                xlabel="length (tokens)", ylabel="passkey accuracy", title=f"after {f}x (stage {FACTORS[f]})")
         ax.legend()
     for v in variants:
