@@ -173,3 +173,17 @@ def test_suspend_patches_the_job_once_and_its_echo_needs_no_pass(passes):
     api = asyncio.run(scenario())
     assert api.jobs["t-s1-a1"]["spec"]["runPolicy"]["suspend"] is True and passes["n"] == 2
     assert api.calls.count("suspend") == 1 and api.cejs["t"]["status"]["phase"] == "Suspended"
+
+
+def test_a_job_deleted_before_the_watch_showed_it_is_created_again(passes):
+    async def scenario():
+        api = FakeApi()
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        await eng.cej_event("ADDED", api.add_cej(manifest()), api.index())
+        gone = api.jobs.pop("t-s1-a1")  # deleted (by hand, or its namespace's quota controller) at once
+        await eng.job_event("DELETED", "ns", "t-s1-a1", "t", gone, api.index())
+        eng.close()
+        return api
+
+    api = asyncio.run(scenario())
+    assert sorted(api.jobs) == ["t-s1-a1"] and api.calls.count("create") == 2 and passes["n"] == 2

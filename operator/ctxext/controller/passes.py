@@ -8,9 +8,9 @@ one pass cost one extra pass, not ten.
 Each job also has at most one *wake-up* (an event-loop timer). A pass cancels it when it starts
 (it takes along whatever the wake-up was for) and the controller arms the next one when it ends:
 the next deadline the pass named (a retry's backoff, the grace period for a stage result), a
-coalesced status refresh, an error retry, else the resync interval. A wake-up runs a *fresh* pass
-(the caller re-reads the job from the API server), which is what keeps the controller
-level-triggered: whatever a watch lost is found at the next resync. :meth:`forget` cancels the
+coalesced status refresh, an error retry, else the resync interval. The resync and error retries
+run a *fresh* pass (the caller re-reads the job from the API server), which is what keeps the
+controller level-triggered: whatever a watch lost is found at the next resync. :meth:`forget` cancels the
 wake-up and drops the job's entries, so a deleted job leaves nothing behind.
 
 >>> import asyncio
@@ -20,7 +20,7 @@ wake-up and drops the job's entries, so a deleted job leaves nothing behind.
 ...         ran.append((key, fresh)); await asyncio.sleep(0)
 ...     s = Scheduler(run)
 ...     await asyncio.gather(s.request("ns/a"), s.request("ns/a"), s.request("ns/a"))
-...     s.wake("ns/a", 0.01); await asyncio.sleep(0.05)
+...     s.wake("ns/a", 0.01, fresh=True); await asyncio.sleep(0.05)
 ...     return ran, len(s)
 >>> asyncio.run(demo())
 ([('ns/a', False), ('ns/a', False), ('ns/a', True)], 0)
@@ -70,25 +70,25 @@ class Scheduler:
         finally:
             self._running.discard(key)
 
-    def wake(self, key: str, delay: float, *, replace: bool = False) -> None:
-        """Run a fresh pass over ``key`` in ``delay`` seconds; an earlier wake-up wins unless ``replace``."""
+    def wake(self, key: str, delay: float, *, fresh: bool = True) -> None:
+        """Run a pass over ``key`` in ``delay`` seconds (``fresh``: re-reading the job); the earliest wins."""
         loop = asyncio.get_running_loop()
         at = loop.time() + max(0.0, delay)
         current = self._wakes.get(key)
         if current is not None:
-            if not replace and current[0] <= at:
+            if current[0] <= at:
                 return
             current[1].cancel()
-        self._wakes[key] = (at, loop.call_at(at, self._fire, key))
+        self._wakes[key] = (at, loop.call_at(at, self._fire, key, fresh))
 
     def wake_at(self, key: str) -> float | None:
         """Loop time of the job's wake-up, if one is set."""
         current = self._wakes.get(key)
         return current[0] if current else None
 
-    def _fire(self, key: str) -> None:
+    def _fire(self, key: str, fresh: bool) -> None:
         self._wakes.pop(key, None)
-        task = asyncio.ensure_future(self.request(key, fresh=True))
+        task = asyncio.ensure_future(self.request(key, fresh=fresh))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
