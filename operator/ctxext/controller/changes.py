@@ -14,8 +14,9 @@ as :class:`~ctxext.controller.observe.ObservedJob`. An event is then one of thre
   PyTorchJob we just created, a label edit, a watch re-list.
 
 Worked example (the bench's two-stage job): create → PASS (stage 1 created); its ADDED → NONE;
-Created, Running → REFRESH; Succeeded → PASS (stage 2 created, the refresh is absorbed); stage 2's
-ADDED → NONE, Created/Running → REFRESH, Succeeded → PASS. Three passes for two stages.
+Created, Running → REFRESH; Succeeded → PASS (stage 2 created; a refresh still pending is taken
+along); stage 2's ADDED → NONE, Created/Running → REFRESH, Succeeded → PASS. Three passes for two
+stages — four when a stage runs longer than the refresh window, whose pass then writes "Running".
 
 >>> from ctxext.controller.observe import ObservedJob
 >>> running = ObservedJob(name="j-s1-a1", stage=1, attempt=1, state="Running")
