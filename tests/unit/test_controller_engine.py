@@ -63,6 +63,10 @@ class FakeApi:
         self.calls.append("read")
         return copy.deepcopy(self.cejs.get(name))
 
+    def list_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        self.calls.append("list")
+        return [copy.deepcopy(j) for j in self.jobs.values() if j["metadata"]["labels"]["ctxext.dev/job"] == name]
+
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         self.calls.append("create")
         name = body["metadata"]["name"]
@@ -187,3 +191,22 @@ def test_a_job_deleted_before_the_watch_showed_it_is_created_again(passes):
 
     api = asyncio.run(scenario())
     assert sorted(api.jobs) == ["t-s1-a1"] and api.calls.count("create") == 2 and passes["n"] == 2
+
+
+def test_the_resync_lists_the_jobs_and_recreates_one_a_stale_index_still_shows(passes):
+    async def scenario():
+        api = FakeApi()
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        await eng.cej_event("ADDED", api.add_cej(manifest()), api.index())
+        stale = api.index()  # what kopf's index holds if the job's DELETED event was lost with a watch
+        api.jobs.clear()
+        eng.index = stale
+        await eng.reconcile(KEY)  # an event-driven pass believes the index
+        assert api.calls.count("create") == 1
+        await eng.reconcile(KEY, fresh=True)  # the resync does not
+        eng.close()
+        return api
+
+    api = asyncio.run(scenario())
+    assert sorted(api.jobs) == ["t-s1-a1"] and api.calls.count("create") == 2
+    assert api.calls.count("list") == 1 and api.calls.index("read") < api.calls.index("list")

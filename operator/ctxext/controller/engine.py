@@ -5,8 +5,9 @@ which ones need a pass, :mod:`ctxext.controller.passes` runs the passes (one at 
 coalesced, woken up at deadlines and at the resync), :mod:`ctxext.controller.registry` keeps the
 little each job needs between passes. A pass:
 
-1. reads the CEJ from memory (the newest version the watch or our own status patch showed; a
-   wake-up re-reads it from the API server) and the owned PyTorchJobs from kopf's index — no list;
+1. reads the CEJ from memory (the newest version the watch or our own status patch showed) and the
+   owned PyTorchJobs from kopf's index — no read, no list; the resync (and a retry after an API
+   error) re-reads the CEJ and lists its PyTorchJobs instead, trusting nothing kept;
 2. runs the pure reconciler (:func:`ctxext.controller.reconcile.reconcile`);
 3. creates / suspends PyTorchJobs first and patches status last, only the fields that differ.
 
@@ -129,18 +130,21 @@ class Engine:
     async def reconcile(self, key: str, *, fresh: bool = False) -> Decision | None:
         """One pass over ``key`` (see the module docstring); None when there is nothing to reconcile."""
         namespace, name = key.split("/", 1)
-        if fresh:
+        indexed: Iterable[Owned] = self.index.get((namespace, name), ())
+        if fresh:  # the resync (or a retry): re-read the job and list its PyTorchJobs, trust nothing kept
             current = await self._call(self.api.read, namespace, name)
             if current is None:
                 self.forget(key)
                 return None
             self.registry.offer(key, current)
+            indexed = [Owned(resource_version(j) or 0, observe(j))
+                       for j in await self._call(self.api.list_jobs, namespace, name)]
         body = self.registry.body(key)
         if body is None:
             return None
         state = self.registry.state(key)
         with metrics.RECONCILE_SECONDS.time():
-            jobs, state.created = merge_owned(self.index.get((namespace, name), ()), state.created)
+            jobs, state.created = merge_owned(indexed, state.created)
             state.seen = Seen.of(body, jobs)  # events from here on compare with what this pass reads
             job, plan, error = parse_and_plan(body)
             status = body.get("status") or {}

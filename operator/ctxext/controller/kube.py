@@ -3,7 +3,9 @@
 :class:`KubeApi` is what :mod:`ctxext.controller.engine` runs in its thread pool: read a
 ContextExtensionJob, create a PyTorchJob (409 AlreadyExists → read the existing one back: names
 are deterministic, so it is the same attempt), set a PyTorchJob's ``runPolicy.suspend``, and
-merge-patch the CEJ's status. There is no list call: the owned PyTorchJobs come from kopf's index.
+merge-patch the CEJ's status. Event-driven passes make no list call (the owned PyTorchJobs come from
+kopf's index); only the resync lists a job's PyTorchJobs, to correct an index that a watch restart left
+stale (kopf's re-list after 410 Gone adds objects but never drops the ones deleted meanwhile).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from kubernetes import client
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
 from ctxext.controller import metrics
+from ctxext.controller.builder import LABEL_JOB
 
 PTJ = ("kubeflow.org", "v1", "pytorchjobs")
 log = logging.getLogger("ctxext.controller")
@@ -26,7 +29,7 @@ def missing(exc: BaseException) -> bool:
 
 
 class KubeApi:
-    """The four requests a pass makes (see the module docstring)."""
+    """The requests a pass makes (see the module docstring)."""
 
     def __init__(self, api: client.CustomObjectsApi):
         self.api = api
@@ -39,6 +42,12 @@ class KubeApi:
             if missing(exc):
                 return None
             raise
+
+    def list_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The PyTorchJobs labelled as the CEJ's (resync passes only)."""
+        found = cast(dict[str, Any], self.api.list_namespaced_custom_object(
+            *PTJ[:2], namespace, PTJ[2], label_selector=f"{LABEL_JOB}={name}"))
+        return list(found.get("items") or [])
 
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a PyTorchJob; one that already exists (409) is read back instead."""
