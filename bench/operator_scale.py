@@ -4,13 +4,13 @@ Setup: the test API server (tests/conftest.py's start-up), the operator as a sub
 executor in this process that plays the Kubeflow training-operator: it watches PyTorchJobs and
 only writes their status conditions (Created → Running → Succeeded). No trainer runs; the
 operator waits for no stage result (``CTXEXT_RESULT_GRACE_SECONDS=0``) and keeps its default
-30 s resync timer (``--resync-seconds``).
+resync and status-refresh intervals (``--resync-seconds``, ``--status-refresh-seconds``).
 
 The workload, for each operator in its own namespace, one after the other on the same server:
 
 * phase 1: create N CEJs (a 2-stage curriculum each) back to back; the executor marks each first
-  PyTorchJob Created, then Running, as soon as it appears. Ends when every CEJ shows its stage 1
-  running (ctxext) or kopf has handled every CEJ (minimal).
+  PyTorchJob Created, then Running, as soon as it appears. Ends when every CEJ's status records
+  stage 1 attempt 1 as running (ctxext) or kopf has handled every CEJ (minimal).
 * phase 2: mark every stage-1 PyTorchJob Succeeded back to back; the executor takes each stage-2
   PyTorchJob through Created → Running → Succeeded. Ends when every CEJ is Succeeded (ctxext);
   the minimal operator has no stage 2 (it watches no PyTorchJobs), so its phase 2 only measures
@@ -42,6 +42,7 @@ import _harness as h
 from kubernetes import client, config, watch
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
+from ctxext.config import OperatorConfig
 from tests.integration.operator_harness import Cluster, OperatorProcess, free_port
 from tests.unit.helpers import minimal
 
@@ -178,11 +179,17 @@ def wait_until(pred: Any, timeout: float, what: str, poll: float = 0.5) -> float
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def first_stage_running(cej: dict[str, Any]) -> bool:
+    """Status records stage 1 attempt 1 as running (the operator has created and recorded it)."""
+    stage = (((cej.get("status") or {}).get("stages")) or [{}])[0]
+    return stage.get("phase") == "Running" and stage.get("jobName") == f"{cej['metadata']['name']}-s1-a1"
+
+
 def cejs(api: client.CustomObjectsApi, ns: str) -> list[dict[str, Any]]:
     return list(cast(dict[str, Any], api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL))["items"])
 
 
-def run_workload(kind: str, kubeconfig: str, count: int, workdir: Path, resync: float,
+def run_workload(kind: str, kubeconfig: str, count: int, workdir: Path, resync: float, refresh: float,
                  timeout: float) -> dict[str, Any]:
     """One operator, one namespace, phases 1 and 2; returns its figures."""
     api = client.CustomObjectsApi()
@@ -192,6 +199,7 @@ def run_workload(kind: str, kubeconfig: str, count: int, workdir: Path, resync: 
     operator: Any
     if kind == "ctxext":
         operator = OperatorProcess(kubeconfig, workdir / f"{kind}.log", CTXEXT_RESYNC_SECONDS=str(resync),
+                                   CTXEXT_STATUS_REFRESH_SECONDS=str(refresh),
                                    CTXEXT_RESULT_GRACE_SECONDS="0", CTXEXT_LOG_FORMAT="plain").start()
         metrics_url: str | None = f"http://127.0.0.1:{operator.metrics_port}/metrics"
         pid = operator.proc.pid
@@ -217,10 +225,9 @@ def run_workload(kind: str, kubeconfig: str, count: int, workdir: Path, resync: 
         first = [f"{n}-s1-a1" for n in names]
         wait_until(lambda: len(executor.running_s1) >= count, timeout, "every stage-1 PyTorchJob Running")
         if kind == "ctxext":
-            def stage1_seen() -> bool:
-                return sum("is Running" in str(((c.get("status") or {}).get("stages") or [{}])[0].get("message"))
-                           for c in cejs(api, ns)) >= count
-            t1 = wait_until(stage1_seen, timeout, "every CEJ reporting stage 1 Running", poll=1.0)
+            def stage1_seen() -> bool:  # status names the stage-1 PyTorchJob as the running attempt
+                return sum(first_stage_running(c) for c in cejs(api, ns)) >= count
+            t1 = wait_until(stage1_seen, timeout, "every CEJ recording stage 1 running", poll=1.0)
         else:
             key = "kopf.zalando.org/last-handled-configuration"
             t1 = wait_until(lambda: sum(key in (c["metadata"].get("annotations") or {}) for c in cejs(api, ns))
@@ -336,7 +343,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=200, help="ContextExtensionJobs per operator (default 200)")
     parser.add_argument("--operators", default="ctxext,minimal", help="which to run, comma separated")
-    parser.add_argument("--resync-seconds", type=float, default=30.0, help="ctxext resync timer (its default: 30)")
+    defaults = OperatorConfig()
+    parser.add_argument("--resync-seconds", type=float, default=defaults.resync_seconds,
+                        help=f"ctxext resync interval (its default: {defaults.resync_seconds:g})")
+    parser.add_argument("--status-refresh-seconds", type=float, default=defaults.status_refresh_seconds,
+                        help=f"ctxext status refresh window (its default: {defaults.status_refresh_seconds:g})")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds each phase may take")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, server run dir)")
     args = parser.parse_args()
@@ -348,7 +359,8 @@ def main() -> int:
         config.load_kube_config(config_file=kubeconfig)
         for kind in [k.strip() for k in args.operators.split(",") if k.strip()]:
             print(f"[{time.strftime('%H:%M:%S')}] {kind}: {args.count} CEJs ...", file=sys.stderr, flush=True)
-            results[kind] = run_workload(kind, kubeconfig, args.count, workdir, args.resync_seconds, args.timeout)
+            results[kind] = run_workload(kind, kubeconfig, args.count, workdir, args.resync_seconds,
+                                         args.status_refresh_seconds, args.timeout)
     report(results, args.count)
     if args.keep:
         print(f"work directory: {workdir}", file=sys.stderr)
@@ -357,6 +369,7 @@ def main() -> int:
 
         shutil.rmtree(workdir, ignore_errors=True)
     h.emit_json("operator_scale", {"count": args.count, "resync_seconds": args.resync_seconds,
+                                   "status_refresh_seconds": args.status_refresh_seconds,
                                    "wall_seconds": time.monotonic() - started, "results": results,
                                    "ratios": ratios(results)})
     return 0 if all(r.get("complete") for r in results.values()) else 1

@@ -46,8 +46,15 @@ class OperatorConfig(BaseModel):
     """Port of the operator's Prometheus /metrics endpoint; 0 disables it."""
     health_port: int = Field(default=8081, ge=0, le=65535)
     """Port of the /healthz liveness endpoint (kopf's); 0 disables it."""
-    resync_seconds: float = Field(default=30.0, gt=0)
-    """Interval of the timer that re-derives every job's state from its PyTorchJobs."""
+    resync_seconds: float = Field(default=300.0, gt=0)
+    """Longest time between two passes over a job: a safety net that re-reads the job from the API
+    server and re-derives its state from its PyTorchJobs. Every change is handled when its watch event
+    arrives and every deadline (retry backoff, result grace) has its own wake-up, so nothing waits
+    for the resync unless a watch lost an event."""
+    status_refresh_seconds: float = Field(default=30.0, ge=0)
+    """How soon status shows a change that decides nothing (a PyTorchJob going Created → Running,
+    the trainer's live loss): such changes are coalesced into one pass per job within this time,
+    or ride along with an earlier pass."""
     result_grace_seconds: float = Field(default=30.0, ge=0)
     """How long to wait for the trainer's stage result after a PyTorchJob Succeeded before going on
     without one."""

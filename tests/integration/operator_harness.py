@@ -76,7 +76,8 @@ class OperatorProcess(Proc):
     def __init__(self, kubeconfig: str, log: Path, **extra_env: str):
         self.health_port, self.metrics_port = free_port(), free_port()
         env = {**os.environ, "KUBECONFIG": kubeconfig, "OMP_NUM_THREADS": "1", "CTXEXT_POST_EVENTS": "0",
-               "CTXEXT_RESYNC_SECONDS": "2", "CTXEXT_RESULT_GRACE_SECONDS": "0",
+               "CTXEXT_RESYNC_SECONDS": "2", "CTXEXT_STATUS_REFRESH_SECONDS": "0.5",
+               "CTXEXT_RESULT_GRACE_SECONDS": "0",
                "CTXEXT_HEALTH_PORT": str(self.health_port), "CTXEXT_METRICS_PORT": str(self.metrics_port),
                **extra_env}
         super().__init__(["operator", "--kubeconfig", kubeconfig], log, env)

@@ -1,8 +1,10 @@
-"""kopf handlers: decorators only; every body calls into :mod:`ctxext.controller.runner`.
+"""kopf handlers: decorators only; every body calls into :class:`ctxext.controller.engine.Engine`.
 
-Level-based: creation, resumption (operator restart), spec updates, the resync timer and every
-change of an owned PyTorchJob all trigger the same idempotent pass, which re-derives the state
-from the PyTorchJobs that exist. Sync handlers run in kopf's thread pool.
+Event-driven and level-based: kopf keeps an index of the owned PyTorchJobs (one small
+:class:`~ctxext.controller.registry.Owned` per job, filled before any handler runs, also after a
+restart); every watch event of a ContextExtensionJob or of an owned PyTorchJob goes to the engine,
+which runs a pass only when something a pass acts on changed (:mod:`ctxext.controller.changes`).
+Handlers are async: nothing here waits on a thread pool of kopf's.
 """
 
 from __future__ import annotations
@@ -13,36 +15,39 @@ from typing import Any
 import kopf
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
-from ctxext.controller import runner
 from ctxext.controller.builder import LABEL_JOB
+from ctxext.controller.observe import observe
+from ctxext.controller.registry import Owned, resource_version
+from ctxext.controller.startup import configure
 
 CEJ = (GROUP, VERSION, PLURAL)
+PTJ = ("kubeflow.org", "v1", "pytorchjobs")
+OWNED = {LABEL_JOB: kopf.PRESENT}
 
 
 @kopf.on.startup()
 def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-    runner.configure(settings, memo, logger)
+    configure(settings, memo, logger)
 
 
-# backoff: a pass that failed on an API error is retried after 10 s (kopf's default is 60 s).
-@kopf.on.resume(*CEJ, backoff=10)
-@kopf.on.create(*CEJ, backoff=10)
-@kopf.on.update(*CEJ, field="spec", backoff=10)
-def changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    runner.reconcile(memo, namespace, name)
+@kopf.on.cleanup()
+def cleanup(memo: Any, **_: Any) -> None:
+    memo.engine.close()
 
 
-@kopf.timer(*CEJ, interval=runner.CONFIG.resync_seconds)
-def resync(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    runner.reconcile(memo, namespace, name)
+@kopf.index(*PTJ, labels=OWNED)
+def owned_pytorchjobs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+                      **_: Any) -> dict[tuple[str, str], Owned]:
+    return {(namespace or "default", labels[LABEL_JOB]): Owned(resource_version(body) or 0, observe(dict(body)))}
 
 
-@kopf.on.event("kubeflow.org", "v1", "pytorchjobs", labels={LABEL_JOB: kopf.PRESENT})
-def pytorchjob_event(namespace: str | None, name: str, labels: Mapping[str, str], body: Mapping[str, Any],
-                     memo: Any, **_: Any) -> None:
-    runner.pytorchjob_changed(memo, namespace, name, labels[LABEL_JOB], body)
+# The index reaches handlers as a keyword argument named after it (kopf's convention).
+@kopf.on.event(*CEJ)
+async def cej_event(type: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    await memo.engine.cej_event(type, body, kwargs["owned_pytorchjobs"])
 
 
-@kopf.on.delete(*CEJ, optional=True)
-def deleted(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    runner.forget(memo, namespace, name)
+@kopf.on.event(*PTJ, labels=OWNED)
+async def pytorchjob_event(type: str, namespace: str | None, name: str, labels: Mapping[str, str],
+                           body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    await memo.engine.job_event(type, namespace, name, labels[LABEL_JOB], body, kwargs["owned_pytorchjobs"])

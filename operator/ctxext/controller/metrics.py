@@ -28,29 +28,43 @@ _PHASES = [p.value for p in Phase]
 
 
 class PhaseTracker:
-    """Phase of every job this process has reconciled; keeps the ``ctxext_jobs`` gauge in step."""
+    """Phase of every job this process has reconciled; keeps the ``ctxext_jobs`` gauge in step.
+
+    Counts are kept incrementally (O(1) per pass, not O(jobs)); a deleted job is forgotten.
+
+    >>> t = PhaseTracker(); t.set("ns/a", "Running"); t.set("ns/b", "Running"); t.set("ns/a", "Succeeded")
+    >>> t.counts["Running"], t.counts["Succeeded"]; t.forget("ns/b"); t.counts["Running"]
+    (1, 1)
+    0
+    """
 
     def __init__(self) -> None:
         self._phases: dict[str, str] = {}
+        self.counts: dict[str, int] = dict.fromkeys(_PHASES, 0)
         self._lock = threading.Lock()
-        self._publish()
+        for phase in _PHASES:
+            JOBS.labels(phase=phase).set(0)
 
     def set(self, key: str, phase: str | None) -> None:
+        new = phase or Phase.PENDING.value
         with self._lock:
-            self._phases[key] = phase or Phase.PENDING.value
-            self._publish()
+            old = self._phases.get(key)
+            if old == new:
+                return
+            self._phases[key] = new
+            self._move(old, new)
 
     def forget(self, key: str) -> None:
         with self._lock:
-            self._phases.pop(key, None)
-            self._publish()
+            old = self._phases.pop(key, None)
+            if old is not None:
+                self._move(old, None)
 
-    def _publish(self) -> None:
-        counts = dict.fromkeys(_PHASES, 0)
-        for phase in self._phases.values():
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, n in counts.items():
-            JOBS.labels(phase=phase).set(n)
+    def _move(self, old: str | None, new: str | None) -> None:
+        for phase, step in ((old, -1), (new, 1)):
+            if phase is not None:
+                self.counts[phase] = self.counts.get(phase, 0) + step
+                JOBS.labels(phase=phase).set(self.counts[phase])
 
 
 def serve(port: int) -> None:

@@ -76,6 +76,14 @@ class Decision:
     """Stage phase transitions (from, to), for ctxext_stage_transitions_total."""
     stage_durations: list[float] = field(default_factory=list)
     """Seconds each stage that finished in this pass took."""
+    wake_at: datetime | None = None
+    """The next moment the state changes by itself (a retry's backoff ends, the wait for a stage
+    result runs out): the controller runs a pass then, without waiting for the resync."""
+
+    def wake(self, at: datetime) -> None:
+        """Ask for a pass at ``at`` (the earliest request wins)."""
+        if self.wake_at is None or at < self.wake_at:
+            self.wake_at = at
 
     def status_patch(self, current: dict[str, Any]) -> dict[str, Any]:
         """The merge patch that brings ``current`` to :attr:`status` (empty when nothing changed)."""

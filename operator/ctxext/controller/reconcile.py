@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ctxext.api.base import API_VERSION, KIND
+from ctxext.api.job import ContextExtensionJob
 from ctxext.controller.model import (
     DEGRADED,
     FAILED,
@@ -30,7 +32,9 @@ from ctxext.controller.model import (
 from ctxext.controller.observe import format_time
 from ctxext.controller.paths import stage_output_dir
 from ctxext.controller.stages import ADVANCE, StagePass
-from ctxext.planner import Plan
+from ctxext.errors import SpecError
+from ctxext.manifest import job_from_object
+from ctxext.planner import Plan, plan_curriculum
 
 NO_CLAIM_WARNING = ("spec.checkpoint.claimName is not set: checkpoints live in an emptyDir, which only works "
                     "with the local executor; set a PersistentVolumeClaim on a cluster")
@@ -186,3 +190,18 @@ def reconcile(inp: Inputs) -> Decision:
     out["conditions"] = conds.to_list()
     d.status = out
     return d
+
+
+def parse_and_plan(obj: dict[str, Any]) -> tuple[ContextExtensionJob | None, Plan | None, SpecError | None]:
+    """The job's spec and plan, or the SpecError that says which field is wrong. Never raises for a bad spec."""
+    wire = {"apiVersion": API_VERSION, "kind": KIND, "metadata": obj.get("metadata") or {}, "spec": obj.get("spec")}
+    try:
+        job = job_from_object(wire)
+    except SpecError as exc:
+        return None, None, exc
+    try:
+        return job, plan_curriculum(job.spec), None
+    except SpecError as exc:
+        return job, None, exc
+    except (ValueError, OSError) as exc:  # anything else the planner trips on is still about the spec
+        return job, None, SpecError([("spec", str(exc))])

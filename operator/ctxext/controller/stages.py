@@ -103,6 +103,7 @@ class StagePass:
                 self.degraded = s.get("message")
             due = parse_time(s.get("nextAttemptTime"))
             if attempt and due and due > self.inp.now:
+                self.d.wake(due)
                 return WAIT
             if self.spec.suspend or plan is None:
                 return WAIT
@@ -137,6 +138,7 @@ class StagePass:
             deadline = (finished or self.inp.now) + timedelta(seconds=self.inp.result_grace_seconds)
             if deadline > self.inp.now:
                 s["message"] = f"stage {label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
+                self.d.wake(deadline)
                 return WAIT
             result = None
         gates = spec.evaluation.gates if spec.evaluation.enabled else []
@@ -181,6 +183,8 @@ class StagePass:
             return self._fail(s, code or "StageFailed", f"stage {label} failed {tries}: {reason}")
         delay = fp.backoff_seconds * 2 ** (attempt - 1)  # = backoffSeconds·2^(next attempt − 2)
         s["nextAttemptTime"] = format_time(self.inp.now + timedelta(seconds=delay))
+        if delay > 0:
+            self.d.wake(self.inp.now + timedelta(seconds=delay))
         self._phase(s, "Running")
         s["message"] = retry_message(label, attempt, reason, result if isinstance(result, dict) else None,
                                      delay, self._next_lr(s))

@@ -1,0 +1,58 @@
+"""The operator's start-up: every kopf setting we change (and why), the API client, the engine.
+
+Called by the one ``@kopf.on.startup`` handler in :mod:`ctxext.controller.handlers`; the settings
+object comes from :func:`ctxext.controller.runner.run` through kopf's memo (``memo.config``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from ctxext.config import OperatorConfig
+from ctxext.controller.engine import API_THREADS, Engine
+from ctxext.controller.kube import KubeApi
+
+PREFIX = "ctxext.dev"
+
+
+def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
+    """Set kopf up and put the :class:`~ctxext.controller.engine.Engine` into ``memo.engine``."""
+    cfg: OperatorConfig = memo.config
+    # Watches: ask the API server to end each watch after watch_timeout_seconds and give the client
+    # a minute more; a connection that died silently (NAT, load balancer) is then replaced within
+    # minutes instead of hanging forever. The resync covers whatever a lost watch missed.
+    settings.watching.server_timeout = cfg.watch_timeout_seconds
+    settings.watching.client_timeout = cfg.watch_timeout_seconds + 60
+    settings.watching.connect_timeout = 30
+    # Progress and diff-base under our own API group, in annotations, should a change handler ever
+    # need them: status belongs to us and the trainer (kopf would otherwise write status.kopf). The
+    # event handlers we use store nothing on the objects.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    # Finalizer name under our group. kopf only adds it for non-optional deletion handlers; we have
+    # none (PyTorchJobs are owned through ownerReferences and go with the garbage collector).
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Events: posted for explicit transitions only (not for every log line). Off on API servers
+    # without an events resource (the test server), where kopf would queue them forever.
+    settings.posting.enabled = cfg.post_events
+    settings.posting.loggers = False
+    if cfg.namespaces:
+        # Watch exactly the namespaces given, without listing namespaces (no cluster-wide RBAC).
+        settings.scanning.disabled = True
+    try:
+        config.load_incluster_config()
+        where = "in-cluster service account"
+    except config.ConfigException:
+        config.load_kube_config()
+        where = f"kubeconfig {os.environ.get('KUBECONFIG', '~/.kube/config')}"
+    # One HTTP connection per API thread, so that no request waits for a connection (or drops one).
+    api_config = client.Configuration.get_default_copy()
+    api_config.connection_pool_maxsize = API_THREADS
+    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(client.ApiClient(api_config))))
+    logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
+                ", ".join(cfg.namespaces) or "all", cfg.resync_seconds)
