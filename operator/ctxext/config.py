@@ -58,6 +58,9 @@ class OperatorConfig(BaseModel):
     result_grace_seconds: float = Field(default=30.0, ge=0)
     """How long to wait for the trainer's stage result after a PyTorchJob Succeeded before going on
     without one."""
+    start_deadline_seconds: float = Field(default=900.0, gt=0)
+    """How long a stage's PyTorchJob may stay Pending/Created (pods not running: unschedulable, image
+    pull, missing volume) before the job says so in a Degraded condition (it keeps waiting)."""
     post_events: bool = True
     """Post Kubernetes Events for transitions (best effort). Off on API servers without events."""
     watch_timeout_seconds: int = Field(default=300, ge=10)

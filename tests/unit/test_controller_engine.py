@@ -179,7 +179,7 @@ def test_suspend_patches_the_job_once_and_its_echo_needs_no_pass(passes):
     assert api.calls.count("suspend") == 1 and api.cejs["t"]["status"]["phase"] == "Suspended"
 
 
-def test_a_job_deleted_before_the_watch_showed_it_is_created_again(passes):
+def test_a_job_deleted_before_the_watch_showed_it_is_a_failed_attempt_not_recreated(passes):
     async def scenario():
         api = FakeApi()
         eng = Engine(config(), api)  # type: ignore[arg-type]
@@ -190,10 +190,12 @@ def test_a_job_deleted_before_the_watch_showed_it_is_created_again(passes):
         return api
 
     api = asyncio.run(scenario())
-    assert sorted(api.jobs) == ["t-s1-a1"] and api.calls.count("create") == 2 and passes["n"] == 2
+    assert sorted(api.jobs) == [] and api.calls.count("create") == 1 and passes["n"] == 2
+    stage = api.cejs["t"]["status"]["stages"][0]
+    assert stage["nextAttemptTime"] and "PyTorchJob t-s1-a1 was deleted before it reported a result" in stage["message"]
 
 
-def test_the_resync_lists_the_jobs_and_recreates_one_a_stale_index_still_shows(passes):
+def test_the_resync_lists_the_jobs_and_sees_one_gone_that_a_stale_index_still_shows(passes):
     async def scenario():
         api = FakeApi()
         eng = Engine(config(), api)  # type: ignore[arg-type]
@@ -208,5 +210,74 @@ def test_the_resync_lists_the_jobs_and_recreates_one_a_stale_index_still_shows(p
         return api
 
     api = asyncio.run(scenario())
-    assert sorted(api.jobs) == ["t-s1-a1"] and api.calls.count("create") == 2
+    assert sorted(api.jobs) == [] and api.calls.count("create") == 1
+    assert "was deleted before it reported a result" in api.cejs["t"]["status"]["stages"][0]["message"]
     assert api.calls.count("list") == 1 and api.calls.index("read") < api.calls.index("list")
+
+
+def test_a_404_on_a_pytorchjob_call_does_not_make_the_engine_forget_the_job(passes):
+    """#27 item 8: the PyTorchJob is deleted between the index and the suspend patch."""
+    async def scenario():
+        api = FakeApi()
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        await eng.cej_event("ADDED", api.add_cej(manifest()), api.index())
+        stale = api.index()
+        api.jobs.clear()
+
+        def gone(namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+            raise client.ApiException(status=404, reason="Not Found")
+
+        api.set_suspend = gone  # type: ignore[method-assign]
+        api.cejs["t"]["spec"]["suspend"] = True
+        api.cejs["t"]["metadata"].update(generation=2, resourceVersion=str(next(api.rv)))
+        await eng.cej_event("MODIFIED", api.current("t"), stale)
+        kept = (KEY in eng.registry, eng.scheduler.wake_at(KEY) is not None)
+        await eng.reconcile(KEY, fresh=True)  # the retry re-reads: the CEJ exists, its job is gone
+        eng.close()
+        return kept, api
+
+    kept, api = asyncio.run(scenario())
+    assert kept == (True, True)
+    assert "was deleted before it reported a result" in api.cejs["t"]["status"]["stages"][0]["message"]
+
+
+def test_a_finished_job_costs_no_periodic_read_or_list(passes):
+    async def scenario():
+        api = FakeApi()
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        await eng.cej_event("ADDED", api.add_cej(minimal(curriculum={"stages": [{"seqLen": 65536}]})), api.index())
+        running = eng.scheduler.wake_at(KEY)
+        done = api.set_conditions("t-s1-a1", "Created", "Running", "Succeeded")
+        await eng.job_event("MODIFIED", "ns", "t-s1-a1", "t", done, api.index())
+        finished = (api.cejs["t"]["status"]["phase"], eng.scheduler.wake_at(KEY))
+        eng.close()
+        return running, finished
+
+    running, finished = asyncio.run(scenario())
+    assert running is not None and finished == ("Succeeded", None)
+
+
+def test_a_409_on_a_job_owned_by_someone_else_is_not_adopted(passes):
+    """#27 item 4: a same-named predecessor's job (or one from `ctxext render`) holds the name."""
+    async def scenario():
+        api = FakeApi()
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        old = {"apiVersion": "kubeflow.org/v1", "kind": "PyTorchJob", "spec": {"runPolicy": {}},
+               "metadata": {"name": "t-s1-a1", "resourceVersion": "1", "ownerReferences": [
+                   {"kind": "ContextExtensionJob", "uid": "uid-of-the-deleted-t", "controller": True}],
+                   "labels": {"ctxext.dev/job": "t", "ctxext.dev/stage": "1", "ctxext.dev/attempt": "1"}},
+               "status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}
+        body = api.add_cej(manifest())
+        api.jobs["t-s1-a1"] = old  # the index has not shown it yet: the create answers 409
+        await eng.cej_event("ADDED", body, {})
+        first = (api.cejs["t"].get("status"), eng.scheduler.wake_at(KEY) is not None)
+        await eng.reconcile(KEY, fresh=True)  # the retry lists it and leaves it alone
+        eng.close()
+        return first, api
+
+    first, api = asyncio.run(scenario())
+    assert first == (None, True)  # no status written from a job that is not ours
+    status = api.cejs["t"]["status"]
+    assert status["stages"][0]["phase"] == "Pending" and status["stages"][0]["attempts"] == 0
+    assert "belongs to another ContextExtensionJob" in status["stages"][0]["message"]
+    assert next(c for c in status["conditions"] if c["type"] == "Degraded")["reason"] == "NameTaken"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from ctxext.controller.model import OPERATOR_FIELDS, Inputs
-from ctxext.controller.observe import ObservedJob
+from ctxext.controller.observe import ObservedJob, format_time
 from ctxext.controller.reconcile import reconcile
 from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
@@ -13,6 +13,7 @@ from ctxext.planner import plan_curriculum
 from tests.unit.helpers import minimal
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+UID = "8d3c9f0e-uid-of-t"
 FAULT = {"status": "Failed", "reason": "non-finite gradients at step 113", "reasonCode": "NonFiniteGradients",
          "checkpoint": "/ckpt/ns/t/stage-1/checkpoints/step-100"}
 
@@ -37,14 +38,16 @@ class World:
         self.now = T0
 
     def step(self, **kw):
-        d = reconcile(Inputs(name="t", namespace="ns", generation=1, spec=self.job.spec, plan=self.plan,
-                             spec_error=self.error, status=self.status, jobs=list(self.jobs.values()),
-                             now=self.now, result_grace_seconds=kw.get("grace", 0)))
-        for c in d.creates:
+        d = reconcile(Inputs(name="t", namespace="ns", generation=kw.get("generation", 1), spec=self.job.spec,
+                             plan=self.plan, spec_error=self.error, status=self.status,
+                             jobs=list(self.jobs.values()), now=self.now, uid=UID,
+                             result_grace_seconds=kw.get("grace", 0)))
+        for c in d.creates:  # as the builder makes it: suspended when asked to, or when a Kueue queue admits it
             name = f"t-s{c.stage}-a{c.attempt}"
-            self.jobs.setdefault(name, ObservedJob(name=name, stage=c.stage, attempt=c.attempt, state="Pending",
-                                                   learning_rate=c.learning_rate,
-                                                   suspended=self.job.spec.suspend))
+            self.jobs.setdefault(name, ObservedJob(
+                name=name, stage=c.stage, attempt=c.attempt, state="Pending", learning_rate=c.learning_rate,
+                suspended=self.job.spec.suspend or bool(self.job.spec.scheduling.queue_name), owner_uid=UID,
+                waiting_since=self.now))
         for s in d.suspends:
             old = self.jobs[s.name]
             self.jobs[s.name] = ObservedJob(**{**old.__dict__, "suspended": s.suspend})
@@ -146,14 +149,33 @@ def test_an_unsupported_model_fails_at_once_without_retries():
     assert w.cond("Failed")["message"].endswith("retrying cannot help")
 
 
-def test_failure_without_result_uses_the_pytorchjob_message_and_zero_backoff_retries_now():
+#: What training-operator v1.9 writes when a pod of a job with backoffLimit 0 fails (common/job.go).
+BACKOFF = "Job t-s1-a1 has failed because it has reached the specified backoff limit"
+
+
+def test_failure_without_result_uses_the_pytorchjob_message_and_waits_for_the_pods_to_stop():
+    """The training-operator deletes a failed job's pods; they may write checkpoints for up to their grace
+    period (SIGTERM → save), so the next attempt, which resumes from the same directory, starts after it."""
     w = World(manifest(failurePolicy={"backoffSeconds": 0}))
     w.step()
+    grace = w.plan.stages[0].termination_grace_period_seconds
     old = w.jobs["t-s1-a1"]
-    w.jobs["t-s1-a1"] = ObservedJob(**{**old.__dict__, "state": "Failed", "message": "pod evicted"})
+    w.jobs["t-s1-a1"] = ObservedJob(**{**old.__dict__, "state": "Failed", "message": BACKOFF, "finished_at": w.now})
     d = w.step()
-    assert [(c.attempt, c.learning_rate) for c in d.creates] == [(2, 1e-4)]
-    assert "pod evicted" in d.events[0].message
+    assert d.creates == [] and BACKOFF in d.events[0].message
+    assert w.status["stages"][0]["nextAttemptTime"] == format_time(T0 + timedelta(seconds=grace))
+    assert d.wake_at == T0 + timedelta(seconds=grace)
+    w.now += timedelta(seconds=grace - 1)
+    assert w.step().creates == []
+    w.now += timedelta(seconds=1)
+    assert [(c.attempt, c.learning_rate) for c in w.step().creates] == [(2, 1e-4)]
+
+
+def test_zero_backoff_retries_at_once_when_the_single_node_trainer_reported_its_failure():
+    w = World(manifest(failurePolicy={"backoffSeconds": 0}))
+    w.step()
+    w.finish("t-s1-a1", "Failed", {**FAULT, "reasonCode": "Error", "reason": "RuntimeError: CUDA error"})
+    assert [(c.attempt, c.learning_rate) for c in w.step().creates] == [(2, 1e-4)]
 
 
 def test_invalid_spec_is_a_condition_naming_the_field_not_a_crash():
@@ -249,3 +271,159 @@ def test_effective_length_gate_and_status_mirror_the_latest_evaluated_stage():
     w.step()
     assert w.status["phase"] == "Failed" and w.status["effectiveLength"] == 16384
     assert "effectiveLength = 16384 <" in w.cond("Failed")["message"]
+
+
+# -- #27: what real clusters do ----------------------------------------------------------------------
+
+
+def set_job(w, name, **changes):
+    w.jobs[name] = ObservedJob(**{**w.jobs[name].__dict__, **changes})
+
+
+def test_with_a_kueue_queue_the_operator_only_suspends_and_a_queued_stage_shows_as_queued():
+    w = World(manifest(scheduling={"queueName": "team-a"}))
+    d = w.step()
+    assert [(c.stage, c.attempt) for c in d.creates] == [(1, 1)] and w.jobs["t-s1-a1"].suspended  # Kueue's to admit
+    assert w.status["phase"] == "Queued" and w.status["stages"][0]["phase"] == "Queued"
+    assert w.cond("Progressing")["reason"] == "Queued" and "Kueue LocalQueue team-a" in w.cond("Progressing")["message"]
+    assert w.step().suspends == []
+    set_job(w, "t-s1-a1", suspended=False, state="Running")  # Kueue admits it
+    d = w.step()
+    assert d.suspends == [] and w.status["phase"] == "Running" and w.cond("Progressing")["status"] == "True"
+    set_job(w, "t-s1-a1", suspended=True, state="Suspended")  # Kueue preempts (evicts) it
+    d = w.step()
+    assert d.suspends == [] and w.status["phase"] == "Queued"  # not resumed by the operator
+    set_job(w, "t-s1-a1", suspended=False, state="Running")  # readmitted
+    w.job.spec.suspend = True  # the user suspends: that the operator may do
+    assert [(s.name, s.suspend) for s in w.step().suspends] == [("t-s1-a1", True)]
+    assert w.status["phase"] == "Suspended"
+    w.job.spec.suspend = False  # resuming is Kueue's
+    assert w.step().suspends == [] and w.status["phase"] == "Queued"
+
+
+def test_a_vanished_job_without_result_is_a_failed_attempt_and_max_retries_0_fails():
+    w = World(manifest(failurePolicy={"maxRetries": 0}))
+    w.step()
+    del w.jobs["t-s1-a1"]  # kubectl delete, or ttlSecondsAfterFinished: 0 before the Failed condition was seen
+    creates = [c for _ in range(4) for c in w.step().creates]
+    assert creates == [] and w.status["phase"] == "Failed"
+    assert w.cond("Failed")["message"] == ("stage 1/2 failed (no retries allowed): PyTorchJob t-s1-a1 was deleted "
+                                           "before it reported a result")
+
+
+def test_a_vanished_job_counts_against_retries_and_waits_out_the_backoff():
+    w = World(manifest(failurePolicy={"maxRetries": 1, "backoffSeconds": 600}))
+    w.step()
+    del w.jobs["t-s1-a1"]
+    assert w.step().creates == [] and w.status["stages"][0]["nextAttemptTime"] == "2026-01-01T12:10:00Z"
+    w.now += timedelta(seconds=600)
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(1, 2)]
+    del w.jobs["t-s1-a2"]
+    w.step()
+    assert w.status["phase"] == "Failed" and "after 2 attempts" in w.cond("Failed")["message"]
+
+
+def test_a_vanished_job_whose_result_was_written_is_judged_by_its_result():
+    w = World(manifest())
+    w.step()
+    w.finish("t-s1-a1", "Succeeded", {"status": "Succeeded", "finalLoss": 2.0})
+    del w.jobs["t-s1-a1"]  # ttlSecondsAfterFinished: 0
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(2, 1)]
+
+
+def test_jobs_of_another_owner_are_never_adopted_and_block_their_name_until_deleted():
+    """A CEJ deleted and re-applied under the same name: the predecessor's jobs await garbage collection."""
+    w = World(manifest())
+    w.jobs["t-s1-a3"] = ObservedJob(name="t-s1-a3", stage=1, attempt=3, state="Failed", owner_uid="old-uid")
+    w.jobs["t-s1-a1"] = ObservedJob(name="t-s1-a1", stage=1, attempt=1, state="Succeeded", owner_uid="old-uid")
+    w.jobs["t-s2-a1"] = ObservedJob(name="t-s2-a1", stage=2, attempt=1, state="Running", owner_uid=None)  # render
+    for _ in range(3):
+        d = w.step()
+        assert d.creates == [] and w.status["phase"] == "Running"
+    stage = w.status["stages"][0]
+    assert (stage["phase"], stage["attempts"]) == ("Pending", 0) and "belongs to another" in stage["message"]
+    assert w.cond("Degraded")["reason"] == "NameTaken"
+    del w.jobs["t-s1-a1"]  # garbage-collected
+    assert [(c.stage, c.attempt) for c in w.step().creates] == [(1, 1)]
+    assert w.status["stages"][0]["jobName"] == "t-s1-a1" and w.cond("Degraded")["status"] == "False"
+
+
+def test_preemption_resumes_without_spending_the_retry_budget():
+    preempted = {"status": "Failed", "reasonCode": "Preempted", "reason": "preempted after step 30; checkpoint "
+                 "step-30 saved", "checkpoint": "/ckpt/ns/t/stage-1/checkpoints/step-30"}
+    w = World(manifest(failurePolicy={"maxRetries": 0}))
+    w.step()
+    for attempt in (1, 2, 3):
+        w.finish(f"t-s1-a{attempt}", "Failed", preempted)
+        d = w.step()
+        assert [(c.attempt, c.learning_rate) for c in d.creates] == [(attempt + 1, 1e-4)]
+        assert w.status["stages"][0]["preemptions"] == attempt
+    assert "was preempted: preempted after step 30" in d.events[0].message and d.events[0].type == "Normal"
+    assert w.status["phase"] == "Running"
+    w.finish("t-s1-a4", "Failed", {**FAULT, "reasonCode": "Error", "reason": "RuntimeError: boom"})
+    w.step()
+    assert w.status["phase"] == "Failed" and w.cond("Failed")["message"].endswith("RuntimeError: boom")
+
+
+def test_preemptions_beyond_the_cap_count_as_failures(monkeypatch):
+    from ctxext.controller import stages
+
+    monkeypatch.setattr(stages, "MAX_PREEMPTIONS", 2)
+    w = World(manifest(failurePolicy={"maxRetries": 0}))
+    w.step()
+    for attempt in (1, 2, 3):
+        w.finish(f"t-s1-a{attempt}", "Failed", {"status": "Failed", "reasonCode": "Preempted", "reason": "preempted"})
+        w.step()
+    assert w.status["phase"] == "Failed" and w.status["stages"][0]["preemptions"] == 2
+
+
+def test_a_job_that_does_not_start_in_time_says_so_in_a_condition():
+    w = World(manifest())
+    w.step()
+    set_job(w, "t-s1-a1", state="Created")  # ImagePullBackOff, unschedulable, missing PVC: it never runs
+    w.now += timedelta(seconds=899)
+    d = w.step()
+    assert w.cond("Degraded")["status"] == "False" and d.wake_at == T0 + timedelta(seconds=900)
+    w.now += timedelta(seconds=1)
+    w.step()
+    degraded = w.cond("Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "NotStarted"
+    assert "PyTorchJob t-s1-a1 has not started running 900 s after it was created (it is Created)" in \
+        degraded["message"]
+    set_job(w, "t-s1-a1", state="Running")
+    w.step()
+    assert w.cond("Degraded")["status"] == "False"
+
+
+def test_a_spec_made_invalid_between_attempts_is_not_reported_as_progressing():
+    w = World(manifest(failurePolicy={"backoffSeconds": 60}))
+    w.step()
+    w.finish("t-s1-a1", "Failed", FAULT)
+    w.step()
+    w.plan, w.error = None, SpecError([("spec.resources.gpuMemoryGiB", "stage 1 needs 70 GiB")])
+    w.now += timedelta(seconds=61)
+    d = w.step()
+    assert d.creates == [] and w.cond("InvalidSpec")["status"] == "True"
+    progressing = w.cond("Progressing")
+    assert progressing["status"] == "False" and progressing["reason"] == "InvalidSpec"
+    assert "stage 1/2 cannot start" in progressing["message"]
+
+
+def test_a_spec_made_invalid_while_a_stage_runs_says_nothing_new_starts():
+    w = World(manifest())
+    w.step()
+    set_job(w, "t-s1-a1", state="Running")
+    w.plan, w.error = None, SpecError([("spec.resources.gpuMemoryGiB", "stage 1 needs 70 GiB")])
+    w.step()
+    assert w.cond("Progressing")["status"] == "True"
+    assert "nothing new starts until it is fixed" in w.cond("Progressing")["message"]
+
+
+def test_an_edit_of_a_finished_job_is_not_observed():
+    w = World(manifest(failurePolicy={"maxRetries": 0}))
+    w.step()
+    w.finish("t-s1-a1", "Failed", FAULT)
+    w.step()
+    assert w.status["phase"] == "Failed" and w.status["observedGeneration"] == 1
+    d = w.step(generation=2)
+    assert d.status_patch(w.status) == {} and w.status["observedGeneration"] == 1

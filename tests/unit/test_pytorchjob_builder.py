@@ -110,6 +110,18 @@ def test_scheduling_and_run_policy():
                                          "ttlSecondsAfterFinished": 3600, "activeDeadlineSeconds": 7200}
 
 
+def test_pods_of_a_finished_attempt_never_run_on_and_a_queued_job_starts_suspended():
+    """#27 items 1, 2: cleanPodPolicy None would keep a finished job's running pods (training-operator v1.9
+    common/job.go deletes none under None); a Kueue-queued job is created suspended for Kueue to admit."""
+    def run_policy(**spec):
+        return build(job_from_object(minimal(**spec)))["spec"]["runPolicy"]
+
+    assert run_policy(runPolicy={"cleanPodPolicy": "None"})["cleanPodPolicy"] == "Running"
+    assert run_policy(runPolicy={"cleanPodPolicy": "All"})["cleanPodPolicy"] == "All"
+    assert run_policy() == {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": False}
+    assert run_policy(scheduling={"queueName": "team-a"})["suspend"] is True
+
+
 def test_cpu_job_uses_processes_per_node_and_no_gpus():
     job = job_from_object(example("tiny-cpu.yaml"))
     body = build(job)

@@ -126,7 +126,7 @@ def _column(name: str, path: str, kind: str, description: str, priority: int = 0
 
 
 PRINTER_COLUMNS = [
-    _column("Phase", ".status.phase", "string", "Pending, Running, Suspended, Succeeded or Failed"),
+    _column("Phase", ".status.phase", "string", "Pending, Running, Queued, Suspended, Succeeded or Failed"),
     _column("Stage", ".status.stage", "string", "current stage / number of stages"),
     _column("SeqLen", ".status.seqLen", "integer", "sequence length of the current stage"),
     _column("Theta", ".status.ropeTheta", "number", "RoPE theta of the current stage"),

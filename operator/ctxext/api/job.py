@@ -89,6 +89,7 @@ class ContextExtensionJobSpec(ApiModel):
 class Phase(StrEnum):
     PENDING = "Pending"
     RUNNING = "Running"
+    QUEUED = "Queued"
     SUSPENDED = "Suspended"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
@@ -126,9 +127,11 @@ class StageStatus(ApiModel):
     steps: int
     """Planned optimizer steps."""
     phase: str = "Pending"
-    """Pending, Running, Succeeded, Failed or Skipped."""
+    """Pending, Running, Queued (held by Kueue), Succeeded, Failed or Skipped."""
     attempts: int = 0
     """PyTorchJob attempts made so far."""
+    preemptions: int = 0
+    """Attempts that ended preempted; they do not count against failurePolicy.maxRetries."""
     job_name: str | None = None
     """Name of the current attempt's PyTorchJob."""
     learning_rate: float | None = None
@@ -173,7 +176,7 @@ class ContextExtensionJobStatus(ApiModel):
     model_config = ApiModel.model_config | {"extra": "allow"}
 
     phase: Phase | None = None
-    """Pending, Running, Suspended, Succeeded or Failed."""
+    """Pending, Running, Queued (a Kueue queue holds the current stage), Suspended, Succeeded or Failed."""
     stage: str | None = None
     """Current stage as 'current/total' (e.g. 2/4)."""
     current_stage: int | None = None

@@ -420,8 +420,10 @@ class SchedulingSpec(ApiModel):
 class RunPolicySpec(ApiModel):
     """Lifecycle settings passed to each PyTorchJob's runPolicy."""
 
-    clean_pod_policy: Literal["None", "Running", "All"] = "None"
-    """Which pods are deleted when a PyTorchJob finishes (None keeps them for their logs)."""
+    clean_pod_policy: Literal["None", "Running", "All"] = "Running"
+    """Which pods the training-operator deletes when a stage attempt's PyTorchJob finishes: Running (the
+    pods still running or pending) or All (finished ones too, logs included). None is run as Running: no
+    pod of a finished attempt may keep running while the next attempt resumes from the same checkpoints."""
     ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31_536_000)
     """Delete finished PyTorchJobs after this many seconds (results are already in status)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)

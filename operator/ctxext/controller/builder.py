@@ -144,8 +144,11 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
         replicas["Worker"] = {"replicas": planned.nodes - 1, "restartPolicy": "Never", "template": template}
     run_policy: dict[str, Any] = {
         "backoffLimit": 0,  # a failed attempt is retried by the operator, from the latest checkpoint
-        "cleanPodPolicy": spec.run_policy.clean_pod_policy,
-        "suspend": spec.suspend if suspend is None else suspend,
+        # No pod of a finished attempt may keep running (and writing the stage's checkpoints) while the next
+        # attempt resumes from them: "None" would keep a successful job's still-running Workers.
+        "cleanPodPolicy": "All" if spec.run_policy.clean_pod_policy == "All" else "Running",
+        # With a Kueue queue the job starts suspended and Kueue resumes it on admission (as its webhook does).
+        "suspend": (spec.suspend or bool(spec.scheduling.queue_name)) if suspend is None else suspend,
     }
     if spec.run_policy.ttl_seconds_after_finished is not None:
         run_policy["ttlSecondsAfterFinished"] = spec.run_policy.ttl_seconds_after_finished

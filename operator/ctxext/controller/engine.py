@@ -29,12 +29,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import kopf
+from kubernetes.client import ApiException
 
 from ctxext.config import OperatorConfig
 from ctxext.controller import metrics
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.changes import PASS, REFRESH, Seen, classify_cej, classify_job
-from ctxext.controller.kube import KubeApi, missing
+from ctxext.controller.kube import KubeApi
 from ctxext.controller.model import Decision, Inputs
 from ctxext.controller.observe import observe
 from ctxext.controller.passes import Scheduler
@@ -50,6 +51,19 @@ ERROR_RETRY_SECONDS = 10.0
 #: did not (0.41 s, p99 1.5 s), at the same peak RSS (bench/README.md).
 API_THREADS = 16
 OwnedIndex = Mapping[tuple[str, str], Iterable[Owned]]
+
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class ForeignJobError(RuntimeError):
+    """A PyTorchJob under the name of one to create belongs to another owner (or none)."""
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):
+        return f"{exc.status} {exc.reason}"
+    return str(exc)
 
 
 def key_of(namespace: str | None, name: str) -> str:
@@ -120,10 +134,9 @@ class Engine:
         try:
             await self.reconcile(key, fresh=fresh)
         except Exception as exc:  # an API error: try again soon, re-reading everything
-            if missing(exc):
-                self.forget(key)
-                return
-            log.warning("%s: reconcile failed (%s); retrying in %g s", key, exc, ERROR_RETRY_SECONDS)
+            # Even a 404 (a PyTorchJob deleted under a suspend, a CEJ deleted under its status patch) only
+            # says that one object is gone: the fresh pass forgets the job when the CEJ itself is gone.
+            log.warning("%s: reconcile failed (%s); retrying in %g s", key, _brief(exc), ERROR_RETRY_SECONDS)
             if key in self.registry:
                 self.scheduler.wake(key, ERROR_RETRY_SECONDS)
 
@@ -152,7 +165,9 @@ class Engine:
             decision = reconcile(Inputs(
                 name=name, namespace=namespace, generation=body["metadata"].get("generation"),
                 spec=job.spec if job else None, plan=plan, spec_error=error, status=status,
-                jobs=list(jobs.values()), now=now, result_grace_seconds=self.config.result_grace_seconds))
+                jobs=list(jobs.values()), now=now, uid=body["metadata"].get("uid"),
+                result_grace_seconds=self.config.result_grace_seconds,
+                start_deadline_seconds=self.config.start_deadline_seconds))
             if job is not None and plan is not None:
                 for create in decision.creates:
                     manifest = build_pytorchjob(job, plan, create.stage, attempt=create.attempt,
@@ -171,8 +186,9 @@ class Engine:
         deadline = (decision.wake_at - now).total_seconds() if decision.wake_at is not None else None
         if deadline is not None and deadline < self.config.resync_seconds:
             self.scheduler.wake(key, deadline, fresh=False)  # what changes then is time, not the job
-        else:
+        elif decision.status.get("phase") not in TERMINAL_PHASES:
             self.scheduler.wake(key, self.config.resync_seconds, fresh=True)
+        # A finished job needs no resync: only an edit or its deletion (both watch events) concern it.
         return decision
 
     async def _create(self, state: JobState, namespace: str, manifest: dict[str, Any]) -> None:
@@ -183,7 +199,12 @@ class Engine:
         except Exception:
             state.created.pop(name, None)
             raise
-        state.created[name] = Owned(resource_version(made) or PENDING, observe(made))
+        found = observe(made)
+        if found.owner_uid != observe(manifest).owner_uid:  # 409: the name is taken by a job not ours
+            state.created.pop(name, None)
+            raise ForeignJobError(f"PyTorchJob {namespace}/{name} exists but is not owned by this "
+                                  "ContextExtensionJob; it is not adopted")
+        state.created[name] = Owned(resource_version(made) or PENDING, found)
 
     def _record(self, key: str, body: dict[str, Any], decision: Decision) -> None:
         self.phases.set(key, decision.status.get("phase"))

@@ -33,9 +33,15 @@ class Inputs:
     status: dict[str, Any]
     """The ContextExtensionJob's status as read (camelCase), including the trainer's fields."""
     jobs: list[ObservedJob]
-    """Every PyTorchJob labelled ``ctxext.dev/job=<name>``."""
+    """Every PyTorchJob labelled ``ctxext.dev/job=<name>``; only those whose controlling owner has ``uid``
+    are this job's own (the others: a deleted predecessor's awaiting garbage collection, ``ctxext render``'s)."""
     now: datetime
+    uid: str | None = None
+    """metadata.uid of the ContextExtensionJob."""
     result_grace_seconds: float = 30.0
+    start_deadline_seconds: float = 900.0
+    """A PyTorchJob still Pending/Created this long after it was created (or resumed) gets a plain
+    condition saying it has not started (unschedulable pods, an image that cannot be pulled, a missing volume)."""
 
 
 @dataclass(frozen=True)

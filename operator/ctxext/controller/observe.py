@@ -13,6 +13,8 @@ from typing import Any
 
 from ctxext.controller.builder import ANNOTATION_LR, LABEL_ATTEMPT, LABEL_STAGE
 
+#: Kind of the owner whose UID decides which PyTorchJobs are a ContextExtensionJob's own.
+OWNER_KIND = "ContextExtensionJob"
 #: Condition types in the order they win when several are True.
 PRIORITY = ("Succeeded", "Failed", "Suspended", "Restarting", "Running", "Created")
 TERMINAL = ("Succeeded", "Failed")
@@ -35,6 +37,10 @@ class ObservedJob:
     """Peak learning rate it was created with (annotation)."""
     finished_at: datetime | None = None
     """lastTransitionTime of its terminal condition."""
+    owner_uid: str | None = None
+    """UID of the ContextExtensionJob that controls it (ownerReferences); only its own jobs are adopted."""
+    waiting_since: datetime | None = None
+    """Since when it has been waiting to run: its creation, or the last time it was suspended or resumed."""
 
     @property
     def terminal(self) -> bool:
@@ -81,6 +87,13 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
     except (KeyError, TypeError, ValueError):
         lr = None
     run_policy = (obj.get("spec") or {}).get("runPolicy") or {}
+    owner = next((r.get("uid") for r in meta.get("ownerReferences") or []
+                  if r.get("controller") and r.get("kind") == OWNER_KIND), None)
+    marks = [parse_time(meta.get("creationTimestamp"))] + [
+        parse_time(c.get("lastTransitionTime")) for c in (obj.get("status") or {}).get("conditions") or []
+        if c.get("type") == "Suspended"]
+    since = max((m for m in marks if m is not None), default=None)
     return ObservedJob(name=meta.get("name", ""), stage=_int(labels.get(LABEL_STAGE)),
                        attempt=_int(labels.get(LABEL_ATTEMPT)), state=state, message=message,
-                       suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished)
+                       suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished,
+                       owner_uid=owner, waiting_since=since)

@@ -115,17 +115,23 @@ def reconcile(inp: Inputs) -> Decision:
     """One reconcile pass; see the module docstring."""
     d = Decision()
     status = inp.status or {}
-    conds = Conditions(status.get("conditions"), now=format_time(inp.now), generation=inp.generation)
     out: dict[str, Any] = {k: status.get(k) for k in OPERATOR_FIELDS}
-    out["observedGeneration"] = inp.generation
     stages = [dict(s) for s in status.get("stages") or []]
     started = any(int(s.get("attempts") or 0) > 0 for s in stages)
-    invalid_failure = (conds.get(FAILED) or {}).get("reason") == "InvalidSpec" and not started
+    invalid_failure = ((_condition(status, FAILED) or {}).get("reason") == "InvalidSpec") and not started
     terminal = status.get("phase") in ("Succeeded", "Failed") and not invalid_failure
+    if terminal and status.get("conditions"):  # finished for good: an edit changes nothing, so nothing is observed
+        d.status = out
+        return d
+    conds = Conditions(status.get("conditions"), now=format_time(inp.now), generation=inp.generation)
+    out["observedGeneration"] = inp.generation
     old_phase = status.get("phase")
 
     if inp.plan is None:
         if _invalid(inp, d, conds, out, started or terminal) or inp.spec is None:
+            if started and inp.spec is None:  # edited mid-run into a spec that does not even parse
+                conds.set(PROGRESSING, False, "InvalidSpec",
+                          f"nothing new starts until the spec is fixed: {inp.spec_error}")
             out["conditions"] = conds.to_list()
             d.status = out
             return d
@@ -176,11 +182,24 @@ def reconcile(inp: Inputs) -> Decision:
             out["phase"] = "Suspended"
             conds.set(PROGRESSING, False, "Suspended", f"suspended by spec.suspend at {label}")
             conds.set(READY, False, "Suspended", f"suspended by spec.suspend at {label}")
+        elif sp.queued:
+            out["phase"] = "Queued"
+            conds.set(PROGRESSING, False, "Queued", sp.queued)
+            conds.set(READY, False, "Queued", sp.queued)
+        elif inp.plan is None and not sp.active:  # edited into an invalid spec while between attempts
+            out["phase"] = "Running"
+            conds.set(PROGRESSING, False, "InvalidSpec",
+                      f"{label} cannot start: the spec is invalid (see the InvalidSpec condition): {inp.spec_error}")
+            conds.set(READY, False, "InvalidSpec", f"{label} of {n} waits for a valid spec")
         else:
             out["phase"] = "Running"
-            conds.set(PROGRESSING, True, "StageRunning", current.get("message") or f"{label} running")
+            message = current.get("message") or f"{label} running"
+            if inp.plan is None:
+                message += ("; the spec is now invalid (see the InvalidSpec condition): "
+                            "nothing new starts until it is fixed")
+            conds.set(PROGRESSING, True, "StageRunning", message)
             conds.set(READY, False, "InProgress", f"{label} of {n} in progress")
-        conds.set(DEGRADED, sp.degraded is not None, "Retrying" if sp.degraded else "AsExpected",
+        conds.set(DEGRADED, sp.degraded is not None, sp.degraded_reason if sp.degraded else "AsExpected",
                   sp.degraded or "no failed attempts in the current stage")
         conds.set(FAILED, False, "AsExpected", "no stage has failed for good")
     if out["phase"] != old_phase:
@@ -190,6 +209,10 @@ def reconcile(inp: Inputs) -> Decision:
     out["conditions"] = conds.to_list()
     d.status = out
     return d
+
+
+def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if isinstance(c, dict) and c.get("type") == kind), None)
 
 
 def parse_and_plan(obj: dict[str, Any]) -> tuple[ContextExtensionJob | None, Plan | None, SpecError | None]:

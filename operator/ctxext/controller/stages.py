@@ -4,11 +4,29 @@ State kept in ``status.stages[i]`` (camelCase): ``attempts`` is the newest attem
 ``nextAttemptTime`` set means that attempt failed and attempt ``attempts + 1`` starts then. Anything
 the status may have missed (an operator killed between creating a PyTorchJob and writing status)
 is re-derived from the PyTorchJobs themselves: the highest attempt found wins.
+
+Only PyTorchJobs whose controlling owner is this ContextExtensionJob (by UID) count: a same-named
+predecessor's jobs awaiting garbage collection, or ones made by ``ctxext render``, are never adopted;
+while one holds the name of the next attempt, nothing is created and the stage says why.
+
+Cluster realities the state machine allows for:
+
+* Kueue (``scheduling.queueName``): the job is created suspended and Kueue resumes it on admission;
+  the operator only ever suspends (``spec.suspend``), never resumes. A suspended job of an unsuspended
+  CEJ is *queued* (stage phase ``Queued``).
+* A job that is gone without a stage result (``kubectl delete``, ``ttlSecondsAfterFinished``) is a
+  failed attempt: it counts against ``maxRetries`` and waits out the backoff.
+* Preemption (the trainer's ``reasonCode: Preempted``) is not the job's fault: the next attempt resumes
+  at once without spending a retry (at most :data:`MAX_PREEMPTIONS` per stage).
+* Pods of a finished attempt may still run while they terminate (SIGTERM → checkpoint → exit), so the
+  next attempt of the same stage, which resumes from the same checkpoint directory, starts no earlier
+  than the pods' ``terminationGracePeriodSeconds`` after the attempt ended, unless the trainer's own
+  result shows a single-node attempt already exited.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
@@ -23,11 +41,13 @@ from ctxext.controller.model import (
     describe_reason,
     retry_message,
 )
-from ctxext.controller.observe import format_time, parse_time
+from ctxext.controller.observe import ObservedJob, format_time, parse_time
 from ctxext.naming import pytorchjob_name
 from ctxext.results import PERMANENT_REASON_CODES
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
+#: Preemptions of one stage that are resumed without spending a retry; more count as failures.
+MAX_PREEMPTIONS = 20
 
 
 class StagePass:
@@ -39,6 +59,10 @@ class StagePass:
         self.results: dict[str, Any] = inp.status.get("results") or {}
         self.failure: tuple[str, str] | None = None  # (reason, message)
         self.degraded: str | None = None
+        self.degraded_reason = "Retrying"
+        self.queued: str | None = None  # why the current stage waits for Kueue
+        self.active = False  # the current stage has a PyTorchJob that has not finished
+        self.foreign = {j.name: j for j in inp.jobs if j.owner_uid != inp.uid}
 
     # -- helpers -------------------------------------------------------------------------------
     def _phase(self, s: dict[str, Any], phase: str) -> None:
@@ -70,12 +94,22 @@ class StagePass:
 
     def _create(self, s: dict[str, Any], attempt: int, lr: float | None) -> None:
         name = pytorchjob_name(self.inp.name, s["index"], attempt)
+        if name in self.foreign:  # never adopt it: wait until it is deleted (its deletion starts a pass)
+            s["message"] = (f"stage {self._label(s)} attempt {attempt} waits: PyTorchJob {name} already exists but "
+                            "belongs to another ContextExtensionJob (a deleted one of the same name) or to none "
+                            "(made by `ctxext render`); delete it to go on")
+            self.degraded, self.degraded_reason = s["message"], "NameTaken"
+            return
         self.d.creates.append(CreateJob(s["index"], attempt, lr))
         s.update(attempts=attempt, jobName=name, learningRate=lr, nextAttemptTime=None)
         s.setdefault("startTime", self.now)
         self._phase(s, "Running")
         s["message"] = f"stage {self._label(s)} attempt {attempt} started (PyTorchJob {name})"
         self._event("Normal", "StageStarted", s["message"])
+        if self.spec.scheduling.queue_name and not self.spec.suspend:  # created suspended: Kueue admits it
+            self._phase(s, "Queued")
+            s["message"] = self.queued = (f"stage {self._label(s)} attempt {attempt} is queued: PyTorchJob {name} "
+                                          f"waits for admission by Kueue LocalQueue {self.spec.scheduling.queue_name}")
         if attempt > 1 and self.degraded is None:
             self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
 
@@ -89,7 +123,7 @@ class StagePass:
     def step(self, s: dict[str, Any]) -> str:
         """Advance stage ``s`` (mutated in place); WAIT, ADVANCE (it succeeded) or FAILED."""
         index, plan = s["index"], self.inp.plan
-        mine = {j.attempt: j for j in self.inp.jobs if j.stage == index}
+        mine = {j.attempt: j for j in self.inp.jobs if j.stage == index and j.owner_uid == self.inp.uid}
         top = max(mine, default=0)
         if top > int(s.get("attempts") or 0):  # created before a crash, status not yet written: adopt it
             found = mine[top]
@@ -101,6 +135,7 @@ class StagePass:
         if attempt == 0 or s.get("nextAttemptTime"):
             if attempt:  # a retry is pending (its backoff, or a suspension, may still hold it)
                 self.degraded = s.get("message")
+                self.degraded_reason = "Preempted" if " was preempted: " in str(self.degraded) else "Retrying"
             due = parse_time(s.get("nextAttemptTime"))
             if attempt and due and due > self.inp.now:
                 self.d.wake(due)
@@ -113,24 +148,49 @@ class StagePass:
         job = mine.get(attempt)
         result = self.results.get(s["jobName"])
         state = job.state if job else (result.get("status") if isinstance(result, dict) else None)
-        if state is None:  # deleted before it finished: create it again under the same name
-            if plan is not None:
-                self.d.creates.append(CreateJob(index, attempt, s.get("learningRate")))
-            return WAIT
+        if state is None:  # gone without a result (deleted, or a TTL of 0): a failed attempt
+            return self._failed(s, f"PyTorchJob {s['jobName']} was deleted before it reported a result", None,
+                                None, None)
         if state == "Succeeded" and isinstance(result, dict) and result.get("status") == "Failed":
             state = "Failed"  # the pod exited 0 but the trainer says the stage failed: believe the trainer
         if state == "Succeeded":
             return self._succeeded(s, result, job.finished_at if job else None)
         if state == "Failed":
             code = result.get("reasonCode") if isinstance(result, dict) else None
-            return self._failed(s, describe_reason(result, job.message if job else None), code, result)
-        if job is not None and job.suspended != self.spec.suspend:
-            self.d.suspends.append(SetSuspend(job.name, self.spec.suspend))
-        self._phase(s, "Running")
-        s["message"] = f"stage {self._label(s)} attempt {attempt}: PyTorchJob {s['jobName']} is {state}"
+            return self._failed(s, describe_reason(result, job.message if job else None), code, result,
+                                job.finished_at if job else None)
+        self.active = job is not None
         if attempt > 1:
             self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
+        if job is not None:
+            self._watch(s, job)
         return WAIT
+
+    def _watch(self, s: dict[str, Any], job: ObservedJob) -> None:
+        """A PyTorchJob that has not finished: suspend it if asked (never resume one that a queue holds),
+        show it as queued while Kueue holds it, and say so when it does not start in time."""
+        queue, label = self.spec.scheduling.queue_name, self._label(s)
+        if job.suspended != self.spec.suspend and (self.spec.suspend or not queue):
+            self.d.suspends.append(SetSuspend(job.name, self.spec.suspend))
+        if job.suspended and not self.spec.suspend and queue:
+            self._phase(s, "Queued")
+            s["message"] = self.queued = (f"stage {label} attempt {s['attempts']} is queued: PyTorchJob {job.name} "
+                                          f"waits for admission by Kueue LocalQueue {queue}")
+            return
+        self._phase(s, "Running")
+        s["message"] = f"stage {label} attempt {s['attempts']}: PyTorchJob {job.name} is {job.state}"
+        if job.state not in ("Pending", "Created") or job.suspended or job.waiting_since is None:
+            return
+        deadline = job.waiting_since + timedelta(seconds=self.inp.start_deadline_seconds)
+        if deadline > self.inp.now:
+            self.d.wake(deadline)
+            return
+        waited = int((self.inp.now - job.waiting_since).total_seconds())
+        s["message"] = (f"stage {label} attempt {s['attempts']}: PyTorchJob {job.name} has not started running "
+                        f"{waited} s after it was created (it is {job.state}): its pods may be unschedulable, "
+                        f"unable to pull the image or waiting for a volume; see `kubectl describe pods -l "
+                        f"training.kubeflow.org/job-name={job.name}`")
+        self.degraded, self.degraded_reason = s["message"], "NotStarted"
 
     def _succeeded(self, s: dict[str, Any], result: Any, finished: Any) -> str:
         label, spec = self._label(s), self.spec
@@ -152,7 +212,7 @@ class StagePass:
                 why = "evaluation gate not met: " + "; ".join(missed)
                 s["result"] = result
                 if spec.failure_policy.on_gate_failure == OnGateFailure.RETRY:
-                    return self._failed(s, why, "GateFailed", result)
+                    return self._failed(s, why, "GateFailed", result, finished)
                 return self._fail(s, "GateFailed", f"stage {label} failed: {why}")
         self._phase(s, "Succeeded")
         loss = (result or {}).get("finalLoss")
@@ -169,27 +229,56 @@ class StagePass:
         plan = self.inp.plan
         return plan.original_context_length if plan else int(self.spec.model.original_context_length or 0)
 
-    def _failed(self, s: dict[str, Any], reason: str, code: str | None, result: Any) -> str:
+    def _failed(self, s: dict[str, Any], reason: str, code: str | None, result: Any,
+                finished: datetime | None) -> str:
         label, attempt = self._label(s), int(s["attempts"])
         fp = self.spec.failure_policy
+        if code == "Preempted" and int(s.get("preemptions") or 0) < MAX_PREEMPTIONS:
+            s["preemptions"] = int(s.get("preemptions") or 0) + 1
+            return self._retry(s, attempt, reason, result, 0.0, finished, preempted=True)
         if code in NUMERIC_FAULTS and fp.on_non_finite_gradients == OnNonFinite.FAIL:
             return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
                               "failurePolicy.onNonFiniteGradients is Fail")
         if code in PERMANENT_REASON_CODES:
             return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
                               "retrying cannot help")
-        if attempt >= fp.max_retries + 1:
+        failures = attempt - int(s.get("preemptions") or 0)  # preemptions spend no retries
+        if failures >= fp.max_retries + 1:
             tries = f"after {attempt} attempts" if attempt > 1 else "(no retries allowed)"
             return self._fail(s, code or "StageFailed", f"stage {label} failed {tries}: {reason}")
-        delay = fp.backoff_seconds * 2 ** (attempt - 1)  # = backoffSeconds·2^(next attempt − 2)
-        s["nextAttemptTime"] = format_time(self.inp.now + timedelta(seconds=delay))
-        if delay > 0:
-            self.d.wake(self.inp.now + timedelta(seconds=delay))
+        # = backoffSeconds·2^(failed attempts − 1)
+        return self._retry(s, attempt, reason, result, fp.backoff_seconds * 2 ** (failures - 1), finished)
+
+    def _pods_gone_at(self, s: dict[str, Any], result: Any, finished: datetime | None) -> datetime:
+        """When no pod of the attempt that just ended can still write to the stage's checkpoints.
+
+        The training-operator deletes the pods of a failed job; a deleted pod gets SIGTERM and up to
+        ``terminationGracePeriodSeconds`` to exit (the trainer checkpoints then). A single-node attempt whose
+        trainer wrote its result has exited already.
+        """
+        plan = self.inp.plan
+        planned = plan.stages[s["index"] - 1] if plan is not None else None
+        if planned is None or (isinstance(result, dict) and result.get("status") and planned.nodes == 1):
+            return self.inp.now
+        return (finished or self.inp.now) + timedelta(seconds=planned.termination_grace_period_seconds)
+
+    def _retry(self, s: dict[str, Any], attempt: int, reason: str, result: Any, delay: float,
+               finished: datetime | None, *, preempted: bool = False) -> str:
+        label = self._label(s)
+        due = max(self.inp.now + timedelta(seconds=delay), self._pods_gone_at(s, result, finished))
+        delay = max(0.0, (due - self.inp.now).total_seconds())
+        s["nextAttemptTime"] = format_time(due)
+        if due > self.inp.now:
+            self.d.wake(due)
         self._phase(s, "Running")
-        s["message"] = retry_message(label, attempt, reason, result if isinstance(result, dict) else None,
-                                     delay, self._next_lr(s))
-        self._event("Warning", "StageRetrying", s["message"])
-        self.degraded = s["message"]
-        if delay <= 0 and not self.spec.suspend and self.inp.plan is not None:
+        message = retry_message(label, attempt, reason, result if isinstance(result, dict) else None,
+                                delay, self._next_lr(s))
+        if preempted:
+            message = message.replace(" failed: ", " was preempted: ", 1) + \
+                f" (preemption {s['preemptions']}; preemptions do not count against maxRetries)"
+        s["message"] = message
+        self._event("Normal" if preempted else "Warning", "StagePreempted" if preempted else "StageRetrying", message)
+        self.degraded, self.degraded_reason = message, "Preempted" if preempted else "Retrying"
+        if due <= self.inp.now and not self.spec.suspend and self.inp.plan is not None:
             self._create(s, attempt + 1, self._next_lr(s))
         return WAIT
