@@ -23,6 +23,7 @@ from ctxext.errors import SpecError, from_validation_error
 
 MAX_MANIFEST_BYTES = 1 << 20
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_LETTER_FIRST = re.compile(r"^[a-z]")
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -98,6 +99,9 @@ def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob
     name = job.metadata.get("name")
     if not isinstance(name, str | None) or (isinstance(name, str) and not _NAME.match(name)):
         problems.insert(0, ("metadata.name", f"must be a DNS-1123 label of at most 63 characters, got {name!r:.80}"))
+    elif isinstance(name, str) and not _LETTER_FIRST.match(name):  # the same words as the CRD's rule
+        problems.insert(0, ("metadata.name", f"must start with a letter (a-z), got {name!r}: the training pods are "
+                            "named after the job, and Kubernetes requires those names to start with a letter"))
     if problems:
         raise SpecError(problems)
     return job

@@ -134,3 +134,17 @@ def test_python_rules_and_cel_rules_agree(api):
             assert err.status in (400, 422), err.body
             server_rejects = True
         assert server_rejects == _python_rejects(obj), f"case {i} disagrees: {json.dumps(obj['spec'])[:300]}"
+
+
+def test_a_name_starting_with_a_digit_is_refused_in_plain_words(api):
+    """#27 item 10: `8b-llama` would make the PyTorchJob `8b-llama-s1-a1`, whose pods can never be named."""
+    obj = minimal()
+    obj["metadata"]["name"] = "8b-llama"
+    with pytest.raises(client.ApiException) as err:
+        create(api, obj)
+    assert err.value.status == 422
+    assert "metadata.name must start with a letter (a-z): the training pods are named after the job" in \
+        json.loads(err.value.body)["message"]
+    obj["metadata"]["name"] = "llama-8b"
+    create(api, obj)
+    delete(api, "llama-8b")

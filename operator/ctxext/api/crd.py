@@ -140,6 +140,13 @@ PRINTER_COLUMNS = [
 ]
 
 
+#: The job's name starts every PyTorchJob, pod and Service name made from it, and those must be
+#: DNS-1035 labels (a letter first): ``8b-llama`` would make ``8b-llama-s1-a1``, which never runs.
+NAME_RULE = "self.metadata.name.matches('^[a-z]')"
+NAME_MESSAGE = ("metadata.name must start with a letter (a-z): the training pods are named after the job, "
+                "and Kubernetes requires those names to start with a letter")
+
+
 def crd() -> dict[str, Any]:
     """The ContextExtensionJob CRD as a dict."""
     spec = openapi_schema(ContextExtensionJobSpec)
@@ -149,6 +156,7 @@ def crd() -> dict[str, Any]:
         "description": "ContextExtensionJob extends an LLM's context window by RoPE theta scaling, "
         "fine-tuning through a curriculum of ever longer sequences, one Kubeflow PyTorchJob per stage.",
         "required": ["spec"],
+        _RULES: [{"rule": NAME_RULE, "message": NAME_MESSAGE, "fieldPath": ".metadata.name"}],
         "properties": {
             "apiVersion": {"type": "string", "description": "ctxext.dev/v1alpha1"},
             "kind": {"type": "string", "description": "ContextExtensionJob"},
