@@ -12,9 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
-from ctxext.api.spec import OnGateFailure, OnNonFinite
 from ctxext.controller.model import (
-    NUMERIC_FAULTS,
     CreateJob,
     Decision,
     Event,
@@ -24,8 +22,8 @@ from ctxext.controller.model import (
     retry_message,
 )
 from ctxext.controller.observe import format_time, parse_time
+from ctxext.decide import NextAttempt, Verdict, judge, next_attempt, stop_message
 from ctxext.naming import pytorchjob_name
-from ctxext.results import PERMANENT_REASON_CODES
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
 
@@ -39,6 +37,8 @@ class StagePass:
         self.results: dict[str, Any] = inp.status.get("results") or {}
         self.failure: tuple[str, str] | None = None  # (reason, message)
         self.degraded: str | None = None
+        self.baseline: dict[str, Any] | None = None
+        """status.baseline (the base model's evaluation job), when the gates need one."""
 
     # -- helpers -------------------------------------------------------------------------------
     def _phase(self, s: dict[str, Any], phase: str) -> None:
@@ -50,34 +50,42 @@ class StagePass:
         self.d.events.append(Event(kind, reason, message))
 
     def _label(self, s: dict[str, Any]) -> str:
-        return f"{s['index']}/{self.total}"
+        return "baseline evaluation" if s["index"] == 0 else f"stage {s['index']}/{self.total}"
 
     def _baseline(self) -> dict[str, Any] | None:
-        for r in self.results.values():
-            if isinstance(r, dict) and r.get("baseline"):
-                return r["baseline"]
-        return None
+        """The base model's evaluation recorded in status.baseline (None before it is)."""
+        evaluation = ((self.baseline or {}).get("result") or {}).get("evaluation")
+        return evaluation if isinstance(evaluation, dict) else None
 
-    def _next_lr(self, s: dict[str, Any]) -> float | None:
-        """Learning rate of the next attempt: lowered after non-finite gradients or loss spikes."""
-        fp = self.spec.failure_policy
-        result = self.results.get(s.get("jobName") or "") or {}
-        lr = s.get("learningRate")
-        if lr is not None and result.get("reasonCode") in NUMERIC_FAULTS and \
-                fp.on_non_finite_gradients == OnNonFinite.RETRY_WITH_LOWER_LR:
-            return float(lr) * fp.learning_rate_backoff
-        return lr
+    def _verdict_code(self, s: dict[str, Any], result: Any) -> str | None:
+        """reasonCode of the failed attempt ``s['jobName']`` (re-judged: level-based, nothing stored)."""
+        if isinstance(result, dict) and result.get("status") == "Succeeded" and s["index"] > 0:
+            return self._judge(s, result).code
+        return result.get("reasonCode") if isinstance(result, dict) else None
 
-    def _create(self, s: dict[str, Any], attempt: int, lr: float | None) -> None:
+    def _next(self, s: dict[str, Any], code: str | None) -> NextAttempt:
+        """The next attempt after the current one failed with ``code`` (:func:`ctxext.decide.next_attempt`)."""
+        plan, index = self.inp.plan, s["index"]
+        planned = plan.stages[index - 1].steps if plan is not None and index > 0 else int(s.get("steps") or 0)
+        return next_attempt(code, attempt=int(s.get("attempts") or 1), policy=self.spec.failure_policy,
+                            learning_rate=s.get("learningRate"), steps=s.get("steps"), planned_steps=planned)
+
+    def _judge(self, s: dict[str, Any], result: Any) -> Verdict:
+        return judge(result, gates=self.spec.evaluation.gates, stage_seq_len=s["seqLen"],
+                     original_length=self._original_length(), baseline=self._baseline())
+
+    def _create(self, s: dict[str, Any], attempt: int, lr: float | None, steps: int | None = None) -> None:
         name = pytorchjob_name(self.inp.name, s["index"], attempt)
-        self.d.creates.append(CreateJob(s["index"], attempt, lr))
+        self.d.creates.append(CreateJob(s["index"], attempt, lr, steps if s["index"] > 0 else None))
         s.update(attempts=attempt, jobName=name, learningRate=lr, nextAttemptTime=None)
+        if steps is not None:
+            s["steps"] = steps
         s.setdefault("startTime", self.now)
         self._phase(s, "Running")
-        s["message"] = f"stage {self._label(s)} attempt {attempt} started (PyTorchJob {name})"
+        s["message"] = f"{self._label(s)} attempt {attempt} started (PyTorchJob {name})"
         self._event("Normal", "StageStarted", s["message"])
         if attempt > 1 and self.degraded is None:
-            self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
+            self.degraded = f"{self._label(s)} is on attempt {attempt}"
 
     def _fail(self, s: dict[str, Any], reason: str, message: str) -> str:
         self._phase(s, "Failed")
@@ -107,15 +115,20 @@ class StagePass:
                 return WAIT
             if self.spec.suspend or plan is None:
                 return WAIT
-            lr = plan.stages[index - 1].learning_rate if attempt == 0 else self._next_lr(s)
-            self._create(s, attempt + 1, lr)
+            if attempt == 0:
+                self._create(s, 1, plan.stages[index - 1].learning_rate if index > 0 else None)
+            else:
+                result = self.results.get(s.get("jobName") or "")
+                n = self._next(s, self._verdict_code(s, result))
+                self._create(s, attempt + 1, n.learning_rate, n.steps)
             return WAIT
         job = mine.get(attempt)
         result = self.results.get(s["jobName"])
         state = job.state if job else (result.get("status") if isinstance(result, dict) else None)
         if state is None:  # deleted before it finished: create it again under the same name
             if plan is not None:
-                self.d.creates.append(CreateJob(index, attempt, s.get("learningRate")))
+                steps = s.get("steps") if index else None
+                self.d.creates.append(CreateJob(index, attempt, s.get("learningRate"), steps))
             return WAIT
         if state == "Succeeded" and isinstance(result, dict) and result.get("status") == "Failed":
             state = "Failed"  # the pod exited 0 but the trainer says the stage failed: believe the trainer
@@ -127,41 +140,36 @@ class StagePass:
         if job is not None and job.suspended != self.spec.suspend:
             self.d.suspends.append(SetSuspend(job.name, self.spec.suspend))
         self._phase(s, "Running")
-        s["message"] = f"stage {self._label(s)} attempt {attempt}: PyTorchJob {s['jobName']} is {state}"
+        s["message"] = f"{self._label(s)} attempt {attempt}: PyTorchJob {s['jobName']} is {state}"
         if attempt > 1:
-            self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
+            self.degraded = f"{self._label(s)} is on attempt {attempt}"
         return WAIT
 
     def _succeeded(self, s: dict[str, Any], result: Any, finished: Any) -> str:
-        label, spec = self._label(s), self.spec
+        label = self._label(s)
         if not isinstance(result, dict):
             deadline = (finished or self.inp.now) + timedelta(seconds=self.inp.result_grace_seconds)
             if deadline > self.inp.now:
-                s["message"] = f"stage {label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
+                s["message"] = f"{label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
                 self.d.wake(deadline)
                 return WAIT
             result = None
-        gates = spec.evaluation.gates if spec.evaluation.enabled else []
-        if gates:
-            from ctxext.gates import evaluate_gates
-
-            outcomes = evaluate_gates(gates, (result or {}).get("evaluation") or {}, baseline=self._baseline(),
-                                      stage_seq_len=s["seqLen"], original_length=self._original_length())
-            missed = [o.message for o in outcomes if not o.passed]
-            if missed:
-                why = "evaluation gate not met: " + "; ".join(missed)
-                s["result"] = result
-                if spec.failure_policy.on_gate_failure == OnGateFailure.RETRY:
-                    return self._failed(s, why, "GateFailed", result)
-                return self._fail(s, "GateFailed", f"stage {label} failed: {why}")
+        if s["index"] == 0:  # the base model's evaluation: no gates, it must have a result
+            verdict = judge(result, gates=[], stage_seq_len=s["seqLen"], original_length=self._original_length(),
+                            baseline=None)
+        else:
+            verdict = self._judge(s, result)
+        if not verdict.passed:
+            s["result"] = result
+            return self._failed(s, verdict.reason or "", verdict.code, result)
         self._phase(s, "Succeeded")
-        loss = (result or {}).get("finalLoss")
+        assert isinstance(result, dict)
+        loss = result.get("finalLoss")
         s.update(completionTime=self.now, result=result,
-                 message=f"stage {label} succeeded" + (f" (loss {loss:.4g})" if isinstance(loss, float) else "")
-                 + ("" if result else "; the trainer reported no result"))
+                 message=f"{label} succeeded" + (f" (loss {loss:.4g})" if isinstance(loss, float) else ""))
         self._event("Normal", "StageSucceeded", s["message"])
         started = parse_time(s.get("startTime"))
-        if started:
+        if started and s["index"] > 0:
             self.d.stage_durations.append(max(0.0, (self.inp.now - started).total_seconds()))
         return ADVANCE
 
@@ -171,25 +179,22 @@ class StagePass:
 
     def _failed(self, s: dict[str, Any], reason: str, code: str | None, result: Any) -> str:
         label, attempt = self._label(s), int(s["attempts"])
-        fp = self.spec.failure_policy
-        if code in NUMERIC_FAULTS and fp.on_non_finite_gradients == OnNonFinite.FAIL:
-            return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
-                              "failurePolicy.onNonFiniteGradients is Fail")
-        if code in PERMANENT_REASON_CODES:
-            return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
-                              "retrying cannot help")
-        if attempt >= fp.max_retries + 1:
-            tries = f"after {attempt} attempts" if attempt > 1 else "(no retries allowed)"
-            return self._fail(s, code or "StageFailed", f"stage {label} failed {tries}: {reason}")
-        delay = fp.backoff_seconds * 2 ** (attempt - 1)  # = backoffSeconds·2^(next attempt − 2)
+        n = self._next(s, code)
+        if not n.retry:
+            message = stop_message(label, attempt, reason, n.why_not)
+            if s["index"] == 0:
+                return self._fail(s, "BaselineFailed", f"the base model could not be evaluated, so no stage was "
+                                  f"trained: {message}")
+            return self._fail(s, code or "StageFailed", message)
+        delay = n.delay_seconds  # = backoffSeconds·2^(next attempt − 2)
         s["nextAttemptTime"] = format_time(self.inp.now + timedelta(seconds=delay))
         if delay > 0:
             self.d.wake(self.inp.now + timedelta(seconds=delay))
         self._phase(s, "Running")
         s["message"] = retry_message(label, attempt, reason, result if isinstance(result, dict) else None,
-                                     delay, self._next_lr(s))
+                                     delay, n.learning_rate, n.steps if code == "GateFailed" else None)
         self._event("Warning", "StageRetrying", s["message"])
         self.degraded = s["message"]
         if delay <= 0 and not self.spec.suspend and self.inp.plan is not None:
-            self._create(s, attempt + 1, self._next_lr(s))
+            self._create(s, attempt + 1, n.learning_rate, n.steps)
         return WAIT
