@@ -159,6 +159,8 @@ class StagePass:
                             baseline=None)
         else:
             verdict = self._judge(s, result)
+        if isinstance(result, dict) and verdict.gates:  # the outcomes beside the numbers, as `ctxext run` keeps them
+            result = {**result, "gates": [o.to_dict() for o in verdict.gates]}
         if not verdict.passed:
             s["result"] = result
             return self._failed(s, verdict.reason or "", verdict.code, result)
