@@ -80,7 +80,7 @@ def test_a_gate_retry_trains_the_stage_further_instead_of_re_evaluating_the_same
     assert "training on to step 200 in 5 s" in w.status["stages"][0]["message"]
     w.now += timedelta(seconds=6)
     created = w.step().creates
-    assert [(c.stage, c.attempt, c.steps, c.learning_rate) for c in created] == [(1, 2, 200, 2e-5)]  # same learning rate
+    assert [(c.stage, c.attempt, c.steps, c.learning_rate) for c in created] == [(1, 2, 200, 2e-5)]
     assert w.status["stages"][0]["steps"] == 200
 
 
