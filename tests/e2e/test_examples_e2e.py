@@ -83,6 +83,11 @@ def test_tiny_cpu_example_succeeds_with_its_own_gates_and_the_same_numbers_on_bo
     assert run.returncode == 0, run.stdout + run.stderr
     local = [json.loads((workdir / f"stage-{i}" / "result.json").read_text()) for i in (1, 2)]
     local_base = json.loads((workdir / "baseline" / "evaluation.json").read_text())
+    report = json.loads((workdir / "report.json").read_text())
+    assert report["status"] == "Succeeded" and all(c["passed"] for c in report["checks"]), report["checks"]
+    again = subprocess.run([CTXEXT, "run", str(manifest), "--workdir", str(workdir), "--metrics-port", "0"],
+                           env={**os.environ, "COLUMNS": "160"}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("done (earlier run)") == 2, again.stdout + again.stderr
 
     cluster, operator, executor = start_operator(k8s_api, tmp_path, "examples-tiny")
     try:
