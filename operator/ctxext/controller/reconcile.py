@@ -191,7 +191,8 @@ def reconcile(inp: Inputs) -> Decision:
         else:
             out["phase"] = "Running"
             conds.set(PROGRESSING, True, "StageRunning", current.get("message") or f"{label} running")
-            conds.set(READY, False, "InProgress", f"{label} of {n} in progress")
+            conds.set(READY, False, "InProgress", f"{label} in progress, before stage 1 of {n}" if current["index"] == 0
+                      else f"{label} of {n} in progress")
         conds.set(DEGRADED, sp.degraded is not None, "Retrying" if sp.degraded else "AsExpected",
                   sp.degraded or "no failed attempts in the current stage")
         conds.set(FAILED, False, "AsExpected", "no stage has failed for good")
