@@ -129,3 +129,22 @@ def test_the_shipped_examples_gates_can_all_be_judged():
     # the tiny example with 1024 dropped from its lengths could never judge stage 2's passkey gate
     assert "stage 2 is evaluated only at [128, 512]: add 1024 to evaluation.lengths" in _plan_error(
         with_path(example("tiny-cpu.yaml"), "spec.evaluation.lengths", [128, 512]))
+
+
+def test_an_unjudgeable_gate_is_refused_by_validate_and_by_the_operator_before_anything_runs(tmp_path):
+    # #27 item 11: with evaluation disabled the operator skipped the gates and Succeeded; `ctxext run` failed.
+    import yaml
+    from typer.testing import CliRunner
+
+    from ctxext.cli.main import app
+
+    obj = manifest(evaluation={"enabled": False, "gates": [{"metric": "passkeyAccuracy", "min": 0.9}]})
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(obj))
+    out = CliRunner().invoke(app, ["validate", str(path)])
+    assert out.exit_code != 0 and "gate(s) are set but evaluation is disabled" in out.output
+    assert "Traceback" not in out.output
+    w = World(obj)
+    d = w.step()
+    assert d.creates == [] and w.status["phase"] == "Failed"
+    assert w.cond("InvalidSpec")["message"].startswith("spec.evaluation.enabled: 1 gate(s) are set but evaluation")
