@@ -282,6 +282,12 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
         if b.rope_theta < a.rope_theta:
             warnings.append(f"stage {b.index} has a lower ropeTheta ({b.rope_theta:.6g}) than stage {a.index} "
                             f"({a.rope_theta:.6g})")
-    return Plan(original_context_length=l0, target_context_length=spec.target_context_length,
+    plan = Plan(original_context_length=l0, target_context_length=spec.target_context_length,
                 base_rope_theta=theta0, head_dim=head_dim, theta_rule=str(cur.theta_rule), stages=stages,
                 warnings=warnings)
+    from ctxext.decide import gate_problems  # imports this module
+
+    gate_errors = gate_problems(spec, plan)  # a gate that could never be judged is refused before launch
+    if gate_errors:
+        raise SpecError(gate_errors)
+    return plan

@@ -19,8 +19,9 @@ Example (abridged)::
                 "message": "passkeyAccuracy at 512 = 0.930 >= min 0.9"}]}
 
 ``evaluation`` maps each metric (the names of :class:`ctxext.api.spec.GateMetric`) to
-``{"<length>": value}`` with string keys. ``baseline`` holds the same for the base model (written by
-stage 1, used by ``maxIncrease`` gates). ``reasonCode`` is one of :data:`REASON_CODES`.
+``{"<length>": value}`` with string keys. ``baseline`` holds the same for the base model (evaluated
+once before stage 1, see :mod:`ctxext.decide`; `ctxext run` copies it here, the operator keeps it in
+``status.baseline``). ``reasonCode`` is one of :data:`REASON_CODES`.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class StageResult(ApiModel):
     evaluation: dict[str, Any] = Field(default_factory=dict)
     """Metric → {"<length>": value}, plus positionLoss and plots."""
     baseline: dict[str, Any] | None = None
-    """Evaluation of the base model (stage 1 only)."""
+    """Evaluation of the base model that ``maxIncrease`` gates were judged against (`ctxext run`)."""
     gates: list[dict[str, Any]] = Field(default_factory=list)
     """Gate outcomes (metric, atLength, passed, value, message)."""
     runtime: dict[str, Any] = Field(default_factory=dict)

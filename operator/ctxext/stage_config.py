@@ -104,6 +104,9 @@ class StageConfig(ApiModel):
     """Rank r serves /metrics on metrics_port + local rank; 0 disables."""
     report: ReportTarget = Field(default_factory=ReportTarget)
     """Progress/result reporting target."""
+    evaluate_only: bool = False
+    """Evaluate ``model_path`` at ``rope_theta`` and ``eval_lengths`` without training (the base model's
+    evaluation before stage 1; ``stage`` is 0): the result's ``evaluation`` is the baseline."""
 
     def dumps(self) -> str:
         return json.dumps(self.to_wire(), separators=(",", ":"), sort_keys=True)
@@ -148,9 +151,15 @@ def build_stage_config(
     output_dir: str,
     device: Literal["cpu", "cuda"],
     learning_rate: float | None = None,
+    steps: int | None = None,
     report: ReportTarget | None = None,
 ) -> StageConfig:
-    """The config of ``stage_index`` (1-based) attempt ``attempt``. Pure."""
+    """The config of ``stage_index`` (1-based) attempt ``attempt``. Pure. ``learning_rate`` and ``steps``
+    override the plan's (a retry after non-finite gradients, a gate retry). Stage 0 is the base model's
+    evaluation (:func:`baseline_config`)."""
+    if stage_index == 0:
+        return baseline_config(job, plan, attempt=attempt, job_name=job_name, model_path=model_path,
+                               output_dir=output_dir, device=device, report=report)
     try:
         stage = plan.stages[stage_index - 1]
     except IndexError:
@@ -160,7 +169,8 @@ def build_stage_config(
         job=job.metadata.get("name", "local"), namespace=job.metadata.get("namespace", "default"),
         job_name=job_name, stage=stage.index, total_stages=len(plan.stages), attempt=attempt,
         model_path=model_path, output_dir=output_dir, seq_len=stage.seq_len, rope_theta=stage.rope_theta,
-        original_context_length=plan.original_context_length, steps=stage.steps, min_seq_len=stage.min_seq_len,
+        original_context_length=plan.original_context_length, steps=steps if steps is not None else stage.steps,
+        min_seq_len=stage.min_seq_len,
         learning_rate=learning_rate if learning_rate is not None else stage.learning_rate,
         warmup_steps=stage.warmup_steps, lr_schedule=stage.lr_schedule,
         min_learning_rate_ratio=stage.min_learning_rate_ratio, batch_size=stage.batch_size,
@@ -172,3 +182,28 @@ def build_stage_config(
         checkpoint_interval=spec.checkpoint.interval_steps, keep_checkpoints=spec.checkpoint.keep_last,
         failure_policy=spec.failure_policy, metrics_port=spec.metrics.port, report=report or ReportTarget(),
     )
+
+
+def baseline_config(job: ContextExtensionJob, plan: Plan, *, attempt: int, job_name: str, model_path: str,
+                    output_dir: str, device: Literal["cpu", "cuda"], report: ReportTarget | None = None) -> StageConfig:
+    """The base model's evaluation: stage 1's processes and settings, the base theta, no training, at
+    :func:`ctxext.decide.baseline_lengths`. Pure.
+
+    >>> from ctxext.manifest import job_from_object
+    >>> from ctxext.planner import plan_curriculum
+    >>> job = job_from_object({"apiVersion": "ctxext.dev/v1alpha1", "kind": "ContextExtensionJob",
+    ...     "metadata": {"name": "t"}, "spec": {"model": {"source": "builtin://tiny"}, "targetContextLength": 512,
+    ...     "curriculum": {"stages": [{"seqLen": 256}, {"seqLen": 512}]}}})
+    >>> c = baseline_config(job, plan_curriculum(job.spec), attempt=1, job_name="t-s0-a1", model_path="/m",
+    ...                     output_dir="/o", device="cpu")
+    >>> (c.stage, c.evaluate_only, c.steps, c.rope_theta, c.eval_lengths)
+    (0, True, 0, 10000.0, [128, 256])
+    """
+    from ctxext.decide import baseline_lengths
+
+    stage1 = build_stage_config(job, plan, 1, attempt=attempt, job_name=job_name, model_path=model_path,
+                                output_dir=output_dir, device=device, report=report)
+    lengths = baseline_lengths(job.spec, plan)
+    return stage1.model_copy(update={"stage": 0, "evaluate_only": True, "steps": 0, "seq_len": max(lengths),
+                                     "min_seq_len": None, "eval_lengths": lengths,
+                                     "rope_theta": plan.base_rope_theta or stage1.rope_theta})

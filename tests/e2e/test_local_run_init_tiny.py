@@ -61,21 +61,29 @@ def test_committed_tiny_model_passes_the_init_tiny_bar() -> None:
     assert accuracy >= PASS_BAR, accuracy
 
 
+def _exit_code_says_whether_the_bar_was_reached(proc: subprocess.CompletedProcess[str], metrics: dict) -> None:
+    """0 when the model reached the passkey bar, 1 with advice when it did not (a short chain may not)."""
+    reached = metrics["passkeyAccuracy"] >= PASS_BAR
+    assert proc.returncode == (0 if reached else 1), (metrics, proc.stdout + proc.stderr)
+    if not reached:
+        assert "train longer" in " ".join((proc.stdout + proc.stderr).split())
+
+
 def test_init_tiny_runs_the_committed_chain(tmp_path: Path) -> None:
     recorded = json.loads((COMMITTED / "training.json").read_text())
     phases = recorded["phases"]
     assert len(phases) >= 1 and "{previous}" not in phases[0]["args"]
     first = tmp_path / "phase-1"
     proc = _init_tiny(first, _with_steps([str(a) for a in phases[0]["args"]], 300), None)
-    assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: 300 steps do not reach the bar
     metrics = json.loads((first / "training.json").read_text())["metrics"]
+    _exit_code_says_whether_the_bar_was_reached(proc, metrics)
     assert metrics["steps"] == 300
     assert metrics["heldOutPerplexity"] < UNTRAINED_PERPLEXITY / 4, metrics
     previous = first
     for i, phase in enumerate(phases[1:], start=2):
         out = tmp_path / f"phase-{i}"
         proc = _init_tiny(out, _with_steps([str(a) for a in phase["args"]], 3), previous)
-        assert proc.returncode in (0, 1), proc.stdout + proc.stderr  # 1: 3 steps do not reach the bar
+        _exit_code_says_whether_the_bar_was_reached(proc, json.loads((out / "training.json").read_text())["metrics"])
         assert (out / "model.safetensors").exists()
         previous = out
     committed = json.loads((COMMITTED / "config.json").read_text())

@@ -7,6 +7,7 @@ from kubernetes import client, config
 
 from ctxext.config import OperatorConfig
 from ctxext.controller.builder import build_pytorchjob
+from ctxext.decide import baseline_needed
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
 from tests.unit.helpers import example, minimal
@@ -34,8 +35,8 @@ def jobs():
     for job in cases:
         job.metadata["namespace"] = NS
         plan = plan_curriculum(job.spec)
-        for stage in plan.stages:
-            yield job, plan, stage.index
+        for stage in [0, *(s.index for s in plan.stages)] if baseline_needed(job.spec) else plan.stages:
+            yield job, plan, stage if isinstance(stage, int) else stage.index
 
 
 def test_rendered_jobs_are_accepted_by_the_kubeflow_crd(api):

@@ -39,7 +39,7 @@ def start(k8s_api: str, tmp_path, namespace: str, refresh: str) -> tuple[Cluster
     return Cluster(client.CustomObjectsApi(), namespace), op
 
 
-def test_two_stages_run_on_three_passes_from_events_alone(k8s_api, tmp_path):
+def test_two_stages_run_on_five_passes_from_events_alone(k8s_api, tmp_path):
     cluster, op = start(k8s_api, tmp_path, "events-a", refresh="600")
     try:
         cluster.create(manifest("ev"))
@@ -47,18 +47,26 @@ def test_two_stages_run_on_three_passes_from_events_alone(k8s_api, tmp_path):
         wait_for(lambda: (cluster.status("ev").get("stages") or [{}])[0].get("attempts") == 1, what="status")
         cluster.set_conditions("ev-s1-a1", "Created")
         cluster.set_conditions("ev-s1-a1", "Created", "Running")  # decides nothing: no pass of its own
+        # the trainer reports its result before its PyTorchJob ends (a pass that finds nothing to do yet)
+        cluster.trainer_reports("ev", {"results": {"ev-s1-a1": {"status": "Succeeded", "finalLoss": 1.0}}})
+        wait_for(lambda: passes(op) == 2, what="the result's pass", proc=op)
         cluster.set_conditions("ev-s1-a1", "Created", "Running", "Succeeded")
         wait_for(lambda: cluster.pytorchjobs("ev").get("ev-s2-a1"), what="s2 from the s1 event", proc=op)
         wait_for(lambda: cluster.status("ev").get("stage") == "2/2", what="status 2/2", proc=op)
-        assert passes(op) == 2
+        # the pass is counted when it ends, just after its status patch: wait for it, then demand no extra one
+        wait_for(lambda: passes(op) >= 3, what="the pass counted", proc=op)
+        assert passes(op) == 3
+        cluster.trainer_reports("ev", {"results": {"ev-s2-a1": {"status": "Succeeded", "finalLoss": 0.5}}})
+        wait_for(lambda: passes(op) >= 4, what="the result's pass", proc=op)
         cluster.set_conditions("ev-s2-a1", "Created", "Running", "Succeeded")
         wait_for(lambda: cluster.status("ev").get("phase") == "Succeeded", what="Succeeded", proc=op)
-        assert passes(op) == 3
+        wait_for(lambda: passes(op) >= 5, what="the pass counted", proc=op)
+        assert passes(op) == 5
         assert sorted(cluster.pytorchjobs("ev")) == ["ev-s1-a1", "ev-s2-a1"]
         assert metric(op, 'ctxext_jobs{phase="Succeeded"}') == 1
         cluster.api.delete_namespaced_custom_object("ctxext.dev", "v1alpha1", "events-a", "contextextensionjobs", "ev")
         wait_for(lambda: metric(op, 'ctxext_jobs{phase="Succeeded"}') == 0, what="the job forgotten", proc=op)
-        assert passes(op) == 3
+        assert passes(op) == 5
     finally:
         op.stop()
 

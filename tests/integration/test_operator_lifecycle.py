@@ -51,30 +51,32 @@ def test_create_makes_one_owned_labelled_pytorchjob(cluster, operator):
 
 
 def test_conditions_and_results_drive_the_stages_to_success(cluster, operator):
-    cluster.set_conditions("life-s1-a1", "Created", "Running")
-    cluster.trainer_reports("life", {"progress": {"jobName": "life-s1-a1", "step": 7, "loss": 3.5,
+    cluster.create(manifest("life2"))  # its own job: this test runs alone or in any order
+    wait_for(lambda: cluster.pytorchjobs("life2").get("life2-s1-a1"), what="life2-s1-a1", proc=operator)
+    cluster.set_conditions("life2-s1-a1", "Created", "Running")
+    cluster.trainer_reports("life2", {"progress": {"jobName": "life2-s1-a1", "step": 7, "loss": 3.5,
                                                   "perplexity": 33.1}})
-    wait_for(lambda: cluster.status("life").get("loss") == 3.5, what="loss mirrored", proc=operator)
-    cluster.trainer_reports("life", {"results": {"life-s1-a1": {"status": "Succeeded", "finalLoss": 2.0,
+    wait_for(lambda: cluster.status("life2").get("loss") == 3.5, what="loss mirrored", proc=operator)
+    cluster.trainer_reports("life2", {"results": {"life2-s1-a1": {"status": "Succeeded", "finalLoss": 2.0,
                                                                 "perplexity": 7.4}}})
-    cluster.set_conditions("life-s1-a1", "Created", "Running", "Succeeded")
-    wait_for(lambda: cluster.pytorchjobs("life").get("life-s2-a1"), what="stage 2 started", proc=operator)
+    cluster.set_conditions("life2-s1-a1", "Created", "Running", "Succeeded")
+    wait_for(lambda: cluster.pytorchjobs("life2").get("life2-s2-a1"), what="stage 2 started", proc=operator)
     # The PyTorchJob is created before the status says so: wait for the status too.
-    status = wait_for(lambda: (s := cluster.status("life")).get("stage") == "2/2" and s, what="status 2/2")
+    status = wait_for(lambda: (s := cluster.status("life2")).get("stage") == "2/2" and s, what="status 2/2")
     assert status["stages"][0]["phase"] == "Succeeded" and status["stages"][0]["result"]["finalLoss"] == 2.0
     assert status["progress"]["step"] == 7  # the trainer's fields are never overwritten
-    stage2 = cluster.pytorchjob("life-s2-a1")
+    stage2 = cluster.pytorchjob("life2-s2-a1")
     env = {e["name"]: e["value"] for e in
            stage2["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
-    assert '"modelPath":"/ckpt/team-a/life/stage-1/model"' in env["CTXEXT_STAGE_CONFIG"]
-    cluster.trainer_reports("life", {"results": {"life-s2-a1": {"status": "Succeeded", "finalLoss": 1.5,
-                                                                "modelPath": "/ckpt/team-a/life/stage-2/model"}}})
-    cluster.set_conditions("life-s2-a1", "Created", "Running", "Succeeded")
-    status = wait_for(lambda: (s := cluster.status("life")).get("phase") == "Succeeded" and s, what="Succeeded",
+    assert '"modelPath":"/ckpt/team-a/life2/stage-1/model"' in env["CTXEXT_STAGE_CONFIG"]
+    cluster.trainer_reports("life2", {"results": {"life2-s2-a1": {"status": "Succeeded", "finalLoss": 1.5,
+                                                                "modelPath": "/ckpt/team-a/life2/stage-2/model"}}})
+    cluster.set_conditions("life2-s2-a1", "Created", "Running", "Succeeded")
+    status = wait_for(lambda: (s := cluster.status("life2")).get("phase") == "Succeeded" and s, what="Succeeded",
                       proc=operator)
-    assert status["finalModelPath"] == "/ckpt/team-a/life/stage-2/model" and status["stage"] == "2/2"
-    assert cluster.condition("life", "Ready")["status"] == "True"
-    assert sorted(cluster.pytorchjobs("life")) == ["life-s1-a1", "life-s2-a1"]
+    assert status["finalModelPath"] == "/ckpt/team-a/life2/stage-2/model" and status["stage"] == "2/2"
+    assert cluster.condition("life2", "Ready")["status"] == "True"
+    assert sorted(cluster.pytorchjobs("life2")) == ["life2-s1-a1", "life2-s2-a1"]
     metrics = operator.get("/metrics") or ""
     assert 'ctxext_jobs{phase="Succeeded"}' in metrics and "ctxext_pytorchjobs_created_total" in metrics
     assert 'ctxext_stage_transitions_total{from="Running",to="Succeeded"}' in metrics

@@ -28,7 +28,8 @@ cfg = json.loads(os.environ["CTXEXT_STAGE_CONFIG"])
 os.makedirs(cfg["outputDir"], exist_ok=True)
 with open(os.path.join(cfg["outputDir"], "runs.log"), "a") as f:
     f.write(json.dumps({k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK",
-        "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "OMP_NUM_THREADS")} | {"outputDir": cfg["outputDir"]})
+        "PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "OMP_NUM_THREADS")} | {"outputDir": cfg["outputDir"],
+        "executable": sys.executable})
         + "\\n")
 mode = sys.argv[1]
 if mode == "sleep":
@@ -116,4 +117,6 @@ def test_suspend_stops_and_resume_restarts_and_restart_never_reruns_finished(clu
         assert len(runs(tmp_path / "root", "once")) == 1
     finally:
         again.stop()
-    assert sys.executable  # the scripts ran under this interpreter (python → sys.executable)
+    # "python" in the pod's command ran as this interpreter (python → sys.executable), in every run
+    assert {r["executable"] for name in ("sleeper", "once") for r in runs(tmp_path / "root", name)} == \
+        {sys.executable}

@@ -31,23 +31,30 @@ def _steps(rig: Rig, name: str) -> list[int]:
 
 
 def test_killed_rank_is_retried_from_the_latest_checkpoint(k8s_api, tmp_path):
-    name, steps = "rankkill", 30
-    with Rig(k8s_api, NS, tmp_path) as rig:
+    name, steps, held = "rankkill", 30, 5
+    hold = tmp_path / "hold"
+    hold.touch()  # both ranks wait after step 5 (CTXEXT_HOLD_FROM_STEP): the kill lands at a known step
+    with Rig(k8s_api, NS, tmp_path, executor_env={"CTXEXT_HOLD_FILE": str(hold),
+                                                  "CTXEXT_HOLD_FROM_STEP": str(held)}) as rig:
         rig.cluster.create(tiny_manifest(name, base_model(tmp_path / "base"), lengths=[192], steps=steps,
                                          interval=INTERVAL, procs=2, max_retries=2))
         job = f"{name}-s1-a1"
-        wait_for(lambda: len(_steps(rig, name)) >= 5, what="five steps of attempt 1", timeout=300,
+        wait_for(lambda: len(_steps(rig, name)) >= held, what="five steps of attempt 1", timeout=300,
                  proc=rig.executor)
         ranks = wait_for(lambda: len(r := trainer_ranks(rig.root, NS, job)) == 2 and r, what="both ranks",
                          proc=rig.executor)
         os.kill(ranks[1], signal.SIGKILL)
-        reached = max(_steps(rig, name))  # rank 0 logs a step after both ranks finished it
+        hold.unlink()  # rank 0 goes on, finds rank 1 gone; attempt 2 must not hold
         status = rig.wait_finished(name, timeout=400)
         assert status["phase"] == "Succeeded", json.dumps(status.get("conditions"), indent=1) + rig.logs()
 
     jobs = sorted(rig.cluster.pytorchjobs(name))
     failed = next(c for c in rig.cluster.pytorchjob(job)["status"]["conditions"] if c["type"] == "Failed")
     result = status["stages"][0]["result"]
+    logged = _steps(rig, name)  # attempt 1 logged 1..reached, attempt 2 resumed+1..steps: read it off exactly
+    reached = len(logged) - (steps - result["resumedFromStep"])
+    assert logged == list(range(1, reached + 1)) + list(range(result["resumedFromStep"] + 1, steps + 1))
+    assert reached == held  # the hold made sure no step ran after the kill
     lost = reached - result["resumedFromStep"]
     print(f"\ntrainer crash: rank 1 SIGKILLed after step {reached}; attempt 2 resumed from step "
           f"{result['resumedFromStep']} (lost {lost} ≤ interval {INTERVAL}); {job}: {failed['message']}")
@@ -59,13 +66,15 @@ def test_killed_rank_is_retried_from_the_latest_checkpoint(k8s_api, tmp_path):
 
 
 def test_sigterm_checkpoints_and_a_truncated_checkpoint_is_skipped_with_a_warning(k8s_api, tmp_path):
-    name, steps = "preempted", 40
-    with Rig(k8s_api, NS, tmp_path) as rig:
+    name, steps, held = "preempted", 40, 2 * INTERVAL + 1
+    hold = tmp_path / "hold"
+    hold.touch()  # the trainer waits after step 7 until SIGTERM: it cannot finish before the suspension lands
+    with Rig(k8s_api, NS, tmp_path, executor_env={"CTXEXT_HOLD_FILE": str(hold),
+                                                  "CTXEXT_HOLD_FROM_STEP": str(held)}) as rig:
         rig.cluster.create(tiny_manifest(name, base_model(tmp_path / "base"), lengths=[192], steps=steps,
                                          interval=INTERVAL))
         job = f"{name}-s1-a1"
-        wait_for(lambda: len(_steps(rig, name)) >= 2 * INTERVAL + 1, what="a few steps", timeout=300,
-                 proc=rig.executor)
+        wait_for(lambda: len(_steps(rig, name)) >= held, what="a few steps", timeout=300, proc=rig.executor)
         rig.cluster.patch_spec(name, {"suspend": True})  # → runPolicy.suspend → SIGTERM to the trainer
         wait_for(lambda: rig.cluster.status(name).get("phase") == "Suspended" and
                  (rig.cluster.status(name).get("results") or {}).get(job, {}).get("reasonCode") == "Preempted",
@@ -81,6 +90,8 @@ def test_sigterm_checkpoints_and_a_truncated_checkpoint_is_skipped_with_a_warnin
         assert older, "an older checkpoint to fall back to"
         shard = max((ckpts / f"step-{saved}").rglob("*.pt"), key=lambda p: p.stat().st_size)
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 3])  # a write cut short
+        assert saved == held
+        hold.unlink()
         rig.cluster.patch_spec(name, {"suspend": False})
         status = rig.wait_finished(name, timeout=300)
 

@@ -25,4 +25,4 @@ def test_render_prints_the_pytorchjob_yaml():
 def test_render_rejects_a_stage_outside_the_plan():
     out = runner.invoke(app, ["render", str(EXAMPLES / "tiny-cpu.yaml"), "--stage", "5"])
     assert out.exit_code == 2
-    assert "--stage: must be between 1 and 2, got 5" in out.output
+    assert "--stage: must be between 0 (the base model's evaluation) and 2, got 5" in out.output

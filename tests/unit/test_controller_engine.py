@@ -40,6 +40,13 @@ class FakeApi:
         self.cejs[obj["metadata"]["name"]] = obj
         return copy.deepcopy(obj)
 
+    def report_result(self, name: str, job: str) -> dict[str, Any]:
+        """What trainer rank 0 does before its PyTorchJob ends: patch status.results[job] (no engine call)."""
+        status = self.cejs[name].setdefault("status", {})
+        status.setdefault("results", {})[job] = {"status": "Succeeded", "finalLoss": 1.5}
+        self.cejs[name]["metadata"]["resourceVersion"] = str(next(self.rv))
+        return copy.deepcopy(self.cejs[name])
+
     def current(self, name: str) -> dict[str, Any]:
         """The CEJ as a watch event would carry it (not an API call of the engine's)."""
         return copy.deepcopy(self.cejs[name])
@@ -113,7 +120,7 @@ def manifest() -> dict[str, Any]:
     return minimal(curriculum={"stages": [{"seqLen": 16384}, {"seqLen": 65536}]})
 
 
-def test_two_stages_take_three_passes_and_deletion_frees_everything(passes):
+def test_two_stages_take_five_passes_and_deletion_frees_everything(passes):
     async def scenario():
         api = FakeApi()
         eng = Engine(config(), api)  # type: ignore[arg-type]
@@ -124,14 +131,16 @@ def test_two_stages_take_three_passes_and_deletion_frees_everything(passes):
         for conds in (("Created",), ("Created", "Running")):  # shown later, decide nothing
             await eng.job_event("MODIFIED", "ns", "t-s1-a1", "t", api.set_conditions("t-s1-a1", *conds), api.index())
         assert passes["n"] == 1 and eng.scheduler.wake_at(KEY) is not None
+        await eng.cej_event("MODIFIED", api.report_result("t", "t-s1-a1"), api.index())  # a pass that waits on
         done = api.set_conditions("t-s1-a1", "Created", "Running", "Succeeded")
         await eng.job_event("MODIFIED", "ns", "t-s1-a1", "t", done, api.index())
-        assert sorted(api.jobs) == ["t-s1-a1", "t-s2-a1"] and passes["n"] == 2
+        assert sorted(api.jobs) == ["t-s1-a1", "t-s2-a1"] and passes["n"] == 3
         await eng.job_event("ADDED", "ns", "t-s2-a1", "t", copy.deepcopy(api.jobs["t-s2-a1"]), api.index())
+        await eng.cej_event("MODIFIED", api.report_result("t", "t-s2-a1"), api.index())
         done = api.set_conditions("t-s2-a1", "Created", "Running", "Succeeded")
         await eng.job_event("MODIFIED", "ns", "t-s2-a1", "t", done, api.index())
-        assert passes["n"] == 3 and api.cejs["t"]["status"]["phase"] == "Succeeded"
-        assert api.calls == ["create", "status", "create", "status", "status"]  # no read, no list
+        assert passes["n"] == 5 and api.cejs["t"]["status"]["phase"] == "Succeeded"
+        assert api.calls.count("create") == 2 and set(api.calls) == {"create", "status"}  # no read, no list
         await eng.cej_event("DELETED", api.current("t"), api.index())
         left = (len(eng.registry), len(eng.scheduler), dict(eng.phases._phases))
         eng.close()
@@ -247,6 +256,7 @@ def test_a_finished_job_costs_no_periodic_read_or_list(passes):
         eng = Engine(config(), api)  # type: ignore[arg-type]
         await eng.cej_event("ADDED", api.add_cej(minimal(curriculum={"stages": [{"seqLen": 65536}]})), api.index())
         running = eng.scheduler.wake_at(KEY)
+        await eng.cej_event("MODIFIED", api.report_result("t", "t-s1-a1"), api.index())  # result before the job ends
         done = api.set_conditions("t-s1-a1", "Created", "Running", "Succeeded")
         await eng.job_event("MODIFIED", "ns", "t-s1-a1", "t", done, api.index())
         finished = (api.cejs["t"]["status"]["phase"], eng.scheduler.wake_at(KEY))

@@ -204,14 +204,23 @@ def test_suspend_and_resume_the_running_job():
     assert [(s.name, s.suspend) for s in d.suspends] == [("t-s1-a1", False)] and w.status["phase"] == "Running"
 
 
-def test_succeeded_without_result_waits_for_the_grace_period():
-    w = World(manifest())
+def test_succeeded_without_result_waits_for_the_grace_period_then_is_a_failed_attempt():
+    # #27 item 11: no result and no gates used to mark the stage Succeeded (ctxext run failed it).
+    w = World(manifest(failurePolicy={"maxRetries": 1, "backoffSeconds": 10}))
     w.step()
     w.finish("t-s1-a1", "Succeeded")
     assert w.step(grace=30).creates == [] and "waiting for its stage result" in w.status["stages"][0]["message"]
     w.now += timedelta(seconds=31)
     d = w.step(grace=30)
-    assert [(c.stage, c.attempt) for c in d.creates] == [(2, 1)]
+    assert d.creates == [] and w.status["stages"][0]["phase"] == "Running"
+    assert "the trainer reported no stage result; retrying" in w.status["stages"][0]["message"]
+    w.now += timedelta(seconds=11)
+    assert [(c.stage, c.attempt) for c in w.step(grace=30).creates] == [(1, 2)]
+    w.finish("t-s1-a2", "Succeeded")
+    w.now += timedelta(seconds=31)
+    w.step(grace=30)
+    assert w.status["phase"] == "Failed"
+    assert w.cond("Failed")["message"] == "stage 1/2 failed after 2 attempts: the trainer reported no stage result"
 
 
 def test_progress_is_mirrored_and_never_written():

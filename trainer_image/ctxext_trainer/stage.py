@@ -190,6 +190,10 @@ def run_stage(config: StageConfig) -> int:
     """Set up the process group, train the stage, always tear down. Returns the exit code."""
     topo = init_distributed(config.device, config.sequence_parallel, config.ring_degree)
     try:
+        if config.evaluate_only:  # the base model's evaluation before stage 1
+            from ctxext_trainer.baseline import evaluate_base
+
+            return evaluate_base(config, topo)
         return train_stage(config, topo)
     except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help
         log.error("stage failed: %s", exc)

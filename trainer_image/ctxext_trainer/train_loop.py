@@ -45,6 +45,8 @@ STOP_AFTER_ENV = "CTXEXT_STOP_AFTER_STEP"
 """Test hook: behave as if preempted right after this step (checkpoint, exit as preempted)."""
 HOLD_FILE_ENV = "CTXEXT_HOLD_FILE"
 """Test hook: after each step, wait while this file exists (lets a test scrape a live run)."""
+HOLD_FROM_STEP_ENV = "CTXEXT_HOLD_FROM_STEP"
+"""Test hook: with CTXEXT_HOLD_FILE, hold only from this step on (a test acts at a known step, no race)."""
 SIGTERM_MID_STEP_ENV = "CTXEXT_SIGTERM_MID_STEP"
 """Test hook: rank 0 sends itself SIGTERM after the first micro-batch of these steps (``N[,M][@attempt]``)."""
 
@@ -95,6 +97,8 @@ def _agreed(local: bool) -> bool:
 
 def _preempted(parts: LoopParts, step_no: int) -> bool:
     hold = os.environ.get(HOLD_FILE_ENV)
+    if step_no < int(os.environ.get(HOLD_FROM_STEP_ENV) or 0):
+        hold = None
     while hold and os.path.exists(hold) and not parts.preempt_flag[0]:
         time.sleep(0.05)
     stop_after = os.environ.get(STOP_AFTER_ENV)

@@ -119,13 +119,13 @@ class StageStatus(ApiModel):
     """Progress and outcome of one curriculum stage."""
 
     index: int
-    """1-based stage number."""
+    """1-based stage number (0: the base model's evaluation)."""
     seq_len: int
     """Sequence length of the stage."""
     rope_theta: float
     """RoPE theta of the stage."""
     steps: int
-    """Planned optimizer steps."""
+    """Optimizer steps of the current attempt: the plan's, more after a gate retry (onGateFailure: Retry)."""
     phase: str = "Pending"
     """Pending, Running, Queued (held by Kueue), Succeeded, Failed or Skipped."""
     attempts: int = 0
@@ -193,6 +193,9 @@ class ContextExtensionJobStatus(ApiModel):
     """Effective context length measured by the latest evaluated stage: the longest evaluated length up
     to which retrievalAccuracy stays at or above evaluation.effectiveLengthThreshold (0: not even the
     shortest)."""
+    baseline: StageStatus | None = None
+    """The base model's evaluation (index 0, PyTorchJob ``<name>-s0-a<n>``), run once before stage 1 when a
+    maxIncrease gate needs it; ``result.evaluation`` holds its passkey, effective length and perplexity."""
     stages: list[StageStatus] | None = None
     """The planned curriculum with per-stage progress and results."""
     progress: Progress | None = None

@@ -57,7 +57,8 @@ def operator(
 @reports_errors
 def render(
     manifest: Path = MANIFEST,
-    stage: int = typer.Option(1, help="1-based stage number."),
+    stage: int = typer.Option(1, help="1-based stage number; 0 is the base model's evaluation job (run before "
+                              "stage 1 when a maxIncrease gate needs it)."),
     attempt: int = typer.Option(1, help="1-based attempt number."),
     namespace: str | None = typer.Option(None, "--namespace", "-n", help="Namespace (default: the manifest's, "
                                          "else default)."),
@@ -71,8 +72,9 @@ def render(
     if namespace:
         job.metadata["namespace"] = namespace
     plan = plan_curriculum(job.spec)
-    if not 1 <= stage <= len(plan.stages):
-        raise SpecError([("--stage", f"must be between 1 and {len(plan.stages)}, got {stage}")])
+    if not 0 <= stage <= len(plan.stages):
+        raise SpecError([("--stage", f"must be between 0 (the base model's evaluation) and {len(plan.stages)}, "
+                          f"got {stage}")])
     if attempt < 1:
         raise SpecError([("--attempt", f"must be at least 1, got {attempt}")])
     body = build_pytorchjob(job, plan, stage, attempt=attempt, learning_rate=learning_rate,

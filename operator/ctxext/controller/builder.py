@@ -80,19 +80,20 @@ def _resources(job: ContextExtensionJob) -> dict[str, Any]:
 
 def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt: int = 1,
                      learning_rate: float | None = None, config: OperatorConfig | None = None,
-                     suspend: bool | None = None) -> dict[str, Any]:
-    """The PyTorchJob for ``stage`` (1-based) attempt ``attempt``; ``learning_rate`` overrides the plan's."""
+                     suspend: bool | None = None, steps: int | None = None) -> dict[str, Any]:
+    """The PyTorchJob for ``stage`` (1-based) attempt ``attempt``; ``learning_rate`` and ``steps`` override
+    the plan's. Stage 0 is the base model's evaluation: stage 1's pods, no training."""
     config = config or OperatorConfig()
     spec = job.spec
     name = str(job.metadata.get("name", "local"))
     namespace = str(job.metadata.get("namespace") or "default")
-    planned = plan.stages[stage - 1]
+    planned = plan.stages[max(stage, 1) - 1]
     job_name = pytorchjob_name(name, stage, attempt)
     stage_config = build_stage_config(
         job, plan, stage, attempt=attempt, job_name=job_name,
         model_path=stage_model_path(spec, namespace, name, stage),
         output_dir=stage_output_dir(spec, namespace, name, stage),
-        device="cuda" if spec.resources.gpus_per_node > 0 else "cpu", learning_rate=learning_rate,
+        device="cuda" if spec.resources.gpus_per_node > 0 else "cpu", learning_rate=learning_rate, steps=steps,
         report=ReportTarget(kind="kubernetes", namespace=namespace, name=name))
     storage = pod_storage(spec, hf_cache_claim=config.hf_cache_claim)
     labels = job_labels(name, stage, attempt)

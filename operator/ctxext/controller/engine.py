@@ -171,7 +171,8 @@ class Engine:
             if job is not None and plan is not None:
                 for create in decision.creates:
                     manifest = build_pytorchjob(job, plan, create.stage, attempt=create.attempt,
-                                                learning_rate=create.learning_rate, config=self.config)
+                                                learning_rate=create.learning_rate, config=self.config,
+                                                steps=create.steps)
                     kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, body)))
                     await self._create(state, namespace, manifest)
             for change in decision.suspends:

@@ -14,7 +14,7 @@ from ctxext.planner import Plan
 
 #: status fields the operator owns; progress and results belong to the trainer and are never written.
 OPERATOR_FIELDS = ("phase", "stage", "currentStage", "seqLen", "ropeTheta", "loss", "perplexity", "effectiveLength",
-                   "stages", "warnings", "conditions", "finalModelPath", "observedGeneration")
+                   "baseline", "stages", "warnings", "conditions", "finalModelPath", "observedGeneration")
 NUMERIC_FAULTS = ("NonFiniteGradients", "LossSpikes")
 
 
@@ -49,8 +49,11 @@ class CreateJob:
     """Create (or, on 409, adopt) the PyTorchJob of a stage attempt."""
 
     stage: int
+    """1-based stage; 0 is the base model's evaluation (no training)."""
     attempt: int
     learning_rate: float | None
+    steps: int | None = None
+    """Total optimizer steps of the attempt, when not the plan's (a gate retry trains further)."""
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,11 @@ def checkpoint_step(result: dict[str, Any] | None) -> int | None:
 
 
 def retry_message(stage: str, attempt: int, reason: str, result: dict[str, Any] | None, delay: float,
-                  learning_rate: float | None) -> str:
-    """``stage 2/4 attempt 2 failed: non-finite gradients at step 113; retrying from checkpoint step 100 in 60 s``."""
+                  learning_rate: float | None, steps: int | None = None) -> str:
+    """``stage 2/4 attempt 2 failed: non-finite gradients at step 113; retrying from checkpoint step 100 in 60 s``
+    (``stage``: 'stage 2/4' or 'baseline evaluation'; ``steps``: a gate retry trains on to that step)."""
     step = checkpoint_step(result)
     start = f"from checkpoint step {step}" if step else "from the latest checkpoint"
     lr = f" with learning rate {learning_rate:g}" if learning_rate is not None else ""
-    return f"stage {stage} attempt {attempt} failed: {reason}; retrying {start}{lr} in {delay:g} s"
+    more = f", training on to step {steps}" if steps is not None else ""
+    return f"{stage} attempt {attempt} failed: {reason}; retrying {start}{lr}{more} in {delay:g} s"

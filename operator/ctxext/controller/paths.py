@@ -65,8 +65,9 @@ def split_pvc(source: str) -> tuple[str, str]:
 
 
 def stage_output_dir(spec: ContextExtensionJobSpec, namespace: str, name: str, stage: int) -> str:
-    """``/ckpt/team-a/llama3-8b-1m/stage-2`` for stage 2 (the same for every attempt, so retries resume)."""
-    return f"{spec.checkpoint.mount_path.rstrip('/')}/{namespace}/{name}/stage-{stage}"
+    """``/ckpt/team-a/llama3-8b-1m/stage-2`` for stage 2 (the same for every attempt, so retries resume);
+    ``.../baseline`` for stage 0, the base model's evaluation."""
+    return f"{spec.checkpoint.mount_path.rstrip('/')}/{namespace}/{name}/" + (f"stage-{stage}" if stage else "baseline")
 
 
 def base_model_path(spec: ContextExtensionJobSpec) -> str:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from ctxext.api.base import API_VERSION, KIND
-from ctxext.api.job import ContextExtensionJob
+from ctxext.api.job import ContextExtensionJob, ContextExtensionJobSpec
 from ctxext.controller.model import (
     DEGRADED,
     FAILED,
@@ -32,12 +32,19 @@ from ctxext.controller.model import (
 from ctxext.controller.observe import format_time
 from ctxext.controller.paths import stage_output_dir
 from ctxext.controller.stages import ADVANCE, StagePass
+from ctxext.decide import baseline_lengths, baseline_needed
 from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
 from ctxext.planner import Plan, plan_curriculum
 
 NO_CLAIM_WARNING = ("spec.checkpoint.claimName is not set: checkpoints live in an emptyDir, which only works "
                     "with the local executor; set a PersistentVolumeClaim on a cluster")
+
+
+def initial_baseline(spec: ContextExtensionJobSpec, plan: Plan) -> dict[str, Any]:
+    """status.baseline before the base model's evaluation job (``<cej>-s0-a<n>``) ran: index 0."""
+    return {"index": 0, "seqLen": max(baseline_lengths(spec, plan)), "ropeTheta": plan.base_rope_theta or 0.0,
+            "steps": 0, "phase": "Pending", "attempts": 0}
 
 
 def initial_stages(plan: Plan) -> list[dict[str, Any]]:
@@ -149,7 +156,12 @@ def reconcile(inp: Inputs) -> Decision:
 
     sp = StagePass(inp, inp.spec, d, len(stages))
     current: dict[str, Any] | None = None
-    for s in stages:
+    if inp.plan is not None and (status.get("baseline") or baseline_needed(inp.spec)):
+        # The base model is evaluated once, before stage 1, by its own job; recorded, it is never re-run.
+        sp.baseline = out["baseline"] = dict(status.get("baseline") or initial_baseline(inp.spec, inp.plan))
+        if sp.baseline.get("phase") != "Succeeded" and sp.step(sp.baseline) != ADVANCE:
+            current = sp.baseline
+    for s in stages if current is None else []:
         if s.get("phase") == "Succeeded":
             continue
         current = s
@@ -177,7 +189,7 @@ def reconcile(inp: Inputs) -> Decision:
         conds.set(DEGRADED, False, "Succeeded", message)
         conds.set(FAILED, False, "Succeeded", message)
     else:
-        label = f"stage {current['index']}/{n}"
+        label = "the baseline evaluation" if current["index"] == 0 else f"stage {current['index']}/{n}"
         if inp.spec.suspend:
             out["phase"] = "Suspended"
             conds.set(PROGRESSING, False, "Suspended", f"suspended by spec.suspend at {label}")
@@ -190,7 +202,8 @@ def reconcile(inp: Inputs) -> Decision:
             out["phase"] = "Running"
             conds.set(PROGRESSING, False, "InvalidSpec",
                       f"{label} cannot start: the spec is invalid (see the InvalidSpec condition): {inp.spec_error}")
-            conds.set(READY, False, "InvalidSpec", f"{label} of {n} waits for a valid spec")
+            conds.set(READY, False, "InvalidSpec", f"{label} waits for a valid spec" if current["index"] == 0
+                      else f"{label} of {n} waits for a valid spec")
         else:
             out["phase"] = "Running"
             message = current.get("message") or f"{label} running"
@@ -198,7 +211,8 @@ def reconcile(inp: Inputs) -> Decision:
                 message += ("; the spec is now invalid (see the InvalidSpec condition): "
                             "nothing new starts until it is fixed")
             conds.set(PROGRESSING, True, "StageRunning", message)
-            conds.set(READY, False, "InProgress", f"{label} of {n} in progress")
+            conds.set(READY, False, "InProgress", f"{label} in progress, before stage 1 of {n}" if current["index"] == 0
+                      else f"{label} of {n} in progress")
         conds.set(DEGRADED, sp.degraded is not None, sp.degraded_reason if sp.degraded else "AsExpected",
                   sp.degraded or "no failed attempts in the current stage")
         conds.set(FAILED, False, "AsExpected", "no stage has failed for good")

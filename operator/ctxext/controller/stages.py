@@ -30,9 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
-from ctxext.api.spec import OnGateFailure, OnNonFinite
 from ctxext.controller.model import (
-    NUMERIC_FAULTS,
     CreateJob,
     Decision,
     Event,
@@ -42,8 +40,8 @@ from ctxext.controller.model import (
     retry_message,
 )
 from ctxext.controller.observe import ObservedJob, format_time, parse_time
+from ctxext.decide import NextAttempt, Verdict, judge, next_attempt, stop_message
 from ctxext.naming import pytorchjob_name
-from ctxext.results import PERMANENT_REASON_CODES
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
 #: Preemptions of one stage that are resumed without spending a retry; more count as failures.
@@ -63,6 +61,8 @@ class StagePass:
         self.queued: str | None = None  # why the current stage waits for Kueue
         self.active = False  # the current stage has a PyTorchJob that has not finished
         self.foreign = {j.name: j for j in inp.jobs if j.owner_uid != inp.uid}
+        self.baseline: dict[str, Any] | None = None
+        """status.baseline (the base model's evaluation job), when the gates need one."""
 
     # -- helpers -------------------------------------------------------------------------------
     def _phase(self, s: dict[str, Any], phase: str) -> None:
@@ -74,44 +74,53 @@ class StagePass:
         self.d.events.append(Event(kind, reason, message))
 
     def _label(self, s: dict[str, Any]) -> str:
-        return f"{s['index']}/{self.total}"
+        return "baseline evaluation" if s["index"] == 0 else f"stage {s['index']}/{self.total}"
 
     def _baseline(self) -> dict[str, Any] | None:
-        for r in self.results.values():
-            if isinstance(r, dict) and r.get("baseline"):
-                return r["baseline"]
-        return None
+        """The base model's evaluation recorded in status.baseline (None before it is)."""
+        evaluation = ((self.baseline or {}).get("result") or {}).get("evaluation")
+        return evaluation if isinstance(evaluation, dict) else None
 
-    def _next_lr(self, s: dict[str, Any]) -> float | None:
-        """Learning rate of the next attempt: lowered after non-finite gradients or loss spikes."""
-        fp = self.spec.failure_policy
-        result = self.results.get(s.get("jobName") or "") or {}
-        lr = s.get("learningRate")
-        if lr is not None and result.get("reasonCode") in NUMERIC_FAULTS and \
-                fp.on_non_finite_gradients == OnNonFinite.RETRY_WITH_LOWER_LR:
-            return float(lr) * fp.learning_rate_backoff
-        return lr
+    def _verdict_code(self, s: dict[str, Any], result: Any) -> str | None:
+        """reasonCode of the failed attempt ``s['jobName']`` (re-judged: level-based, nothing stored)."""
+        if isinstance(result, dict) and result.get("status") == "Succeeded" and s["index"] > 0:
+            return self._judge(s, result).code
+        return result.get("reasonCode") if isinstance(result, dict) else None
 
-    def _create(self, s: dict[str, Any], attempt: int, lr: float | None) -> None:
+    def _next(self, s: dict[str, Any], code: str | None) -> NextAttempt:
+        """The next attempt after the current one failed with ``code`` (:func:`ctxext.decide.next_attempt`)."""
+        plan, index = self.inp.plan, s["index"]
+        planned = plan.stages[index - 1].steps if plan is not None and index > 0 else int(s.get("steps") or 0)
+        return next_attempt(code, attempt=int(s.get("attempts") or 1), policy=self.spec.failure_policy,
+                            learning_rate=s.get("learningRate"), steps=s.get("steps"), planned_steps=planned,
+                            preemptions=int(s.get("preemptions") or 0))
+
+    def _judge(self, s: dict[str, Any], result: Any) -> Verdict:
+        return judge(result, gates=self.spec.evaluation.gates, stage_seq_len=s["seqLen"],
+                     original_length=self._original_length(), baseline=self._baseline())
+
+    def _create(self, s: dict[str, Any], attempt: int, lr: float | None, steps: int | None = None) -> None:
         name = pytorchjob_name(self.inp.name, s["index"], attempt)
         if name in self.foreign:  # never adopt it: wait until it is deleted (its deletion starts a pass)
-            s["message"] = (f"stage {self._label(s)} attempt {attempt} waits: PyTorchJob {name} already exists but "
+            s["message"] = (f"{self._label(s)} attempt {attempt} waits: PyTorchJob {name} already exists but "
                             "belongs to another ContextExtensionJob (a deleted one of the same name) or to none "
                             "(made by `ctxext render`); delete it to go on")
             self.degraded, self.degraded_reason = s["message"], "NameTaken"
             return
-        self.d.creates.append(CreateJob(s["index"], attempt, lr))
+        self.d.creates.append(CreateJob(s["index"], attempt, lr, steps if s["index"] > 0 else None))
         s.update(attempts=attempt, jobName=name, learningRate=lr, nextAttemptTime=None)
+        if steps is not None:
+            s["steps"] = steps
         s.setdefault("startTime", self.now)
         self._phase(s, "Running")
-        s["message"] = f"stage {self._label(s)} attempt {attempt} started (PyTorchJob {name})"
+        s["message"] = f"{self._label(s)} attempt {attempt} started (PyTorchJob {name})"
         self._event("Normal", "StageStarted", s["message"])
         if self.spec.scheduling.queue_name and not self.spec.suspend:  # created suspended: Kueue admits it
             self._phase(s, "Queued")
-            s["message"] = self.queued = (f"stage {self._label(s)} attempt {attempt} is queued: PyTorchJob {name} "
+            s["message"] = self.queued = (f"{self._label(s)} attempt {attempt} is queued: PyTorchJob {name} "
                                           f"waits for admission by Kueue LocalQueue {self.spec.scheduling.queue_name}")
         if attempt > 1 and self.degraded is None:
-            self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
+            self.degraded = f"{self._label(s)} is on attempt {attempt}"
 
     def _fail(self, s: dict[str, Any], reason: str, message: str) -> str:
         self._phase(s, "Failed")
@@ -142,8 +151,12 @@ class StagePass:
                 return WAIT
             if self.spec.suspend or plan is None:
                 return WAIT
-            lr = plan.stages[index - 1].learning_rate if attempt == 0 else self._next_lr(s)
-            self._create(s, attempt + 1, lr)
+            if attempt == 0:
+                self._create(s, 1, plan.stages[index - 1].learning_rate if index > 0 else None)
+            else:
+                result = self.results.get(s.get("jobName") or "")
+                n = self._next(s, self._verdict_code(s, result))
+                self._create(s, attempt + 1, n.learning_rate, n.steps)
             return WAIT
         job = mine.get(attempt)
         result = self.results.get(s["jobName"])
@@ -161,7 +174,7 @@ class StagePass:
                                 job.finished_at if job else None)
         self.active = job is not None
         if attempt > 1:
-            self.degraded = f"stage {self._label(s)} is on attempt {attempt}"
+            self.degraded = f"{self._label(s)} is on attempt {attempt}"
         if job is not None:
             self._watch(s, job)
         return WAIT
@@ -174,11 +187,11 @@ class StagePass:
             self.d.suspends.append(SetSuspend(job.name, self.spec.suspend))
         if job.suspended and not self.spec.suspend and queue:
             self._phase(s, "Queued")
-            s["message"] = self.queued = (f"stage {label} attempt {s['attempts']} is queued: PyTorchJob {job.name} "
+            s["message"] = self.queued = (f"{label} attempt {s['attempts']} is queued: PyTorchJob {job.name} "
                                           f"waits for admission by Kueue LocalQueue {queue}")
             return
         self._phase(s, "Running")
-        s["message"] = f"stage {label} attempt {s['attempts']}: PyTorchJob {job.name} is {job.state}"
+        s["message"] = f"{label} attempt {s['attempts']}: PyTorchJob {job.name} is {job.state}"
         if job.state not in ("Pending", "Created") or job.suspended or job.waiting_since is None:
             return
         deadline = job.waiting_since + timedelta(seconds=self.inp.start_deadline_seconds)
@@ -186,42 +199,39 @@ class StagePass:
             self.d.wake(deadline)
             return
         waited = int((self.inp.now - job.waiting_since).total_seconds())
-        s["message"] = (f"stage {label} attempt {s['attempts']}: PyTorchJob {job.name} has not started running "
+        s["message"] = (f"{label} attempt {s['attempts']}: PyTorchJob {job.name} has not started running "
                         f"{waited} s after it was created (it is {job.state}): its pods may be unschedulable, "
                         f"unable to pull the image or waiting for a volume; see `kubectl describe pods -l "
                         f"training.kubeflow.org/job-name={job.name}`")
         self.degraded, self.degraded_reason = s["message"], "NotStarted"
 
     def _succeeded(self, s: dict[str, Any], result: Any, finished: Any) -> str:
-        label, spec = self._label(s), self.spec
+        label = self._label(s)
         if not isinstance(result, dict):
             deadline = (finished or self.inp.now) + timedelta(seconds=self.inp.result_grace_seconds)
             if deadline > self.inp.now:
-                s["message"] = f"stage {label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
+                s["message"] = f"{label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
                 self.d.wake(deadline)
                 return WAIT
             result = None
-        gates = spec.evaluation.gates if spec.evaluation.enabled else []
-        if gates:
-            from ctxext.gates import evaluate_gates
-
-            outcomes = evaluate_gates(gates, (result or {}).get("evaluation") or {}, baseline=self._baseline(),
-                                      stage_seq_len=s["seqLen"], original_length=self._original_length())
-            missed = [o.message for o in outcomes if not o.passed]
-            if missed:
-                why = "evaluation gate not met: " + "; ".join(missed)
-                s["result"] = result
-                if spec.failure_policy.on_gate_failure == OnGateFailure.RETRY:
-                    return self._failed(s, why, "GateFailed", result, finished)
-                return self._fail(s, "GateFailed", f"stage {label} failed: {why}")
+        if s["index"] == 0:  # the base model's evaluation: no gates, it must have a result
+            verdict = judge(result, gates=[], stage_seq_len=s["seqLen"], original_length=self._original_length(),
+                            baseline=None)
+        else:
+            verdict = self._judge(s, result)
+        if isinstance(result, dict) and verdict.gates:  # the outcomes beside the numbers, as `ctxext run` keeps them
+            result = {**result, "gates": [o.to_dict() for o in verdict.gates]}
+        if not verdict.passed:
+            s["result"] = result
+            return self._failed(s, verdict.reason or "", verdict.code, result, finished, exited=True)
         self._phase(s, "Succeeded")
-        loss = (result or {}).get("finalLoss")
+        assert isinstance(result, dict)
+        loss = result.get("finalLoss")
         s.update(completionTime=self.now, result=result,
-                 message=f"stage {label} succeeded" + (f" (loss {loss:.4g})" if isinstance(loss, float) else "")
-                 + ("" if result else "; the trainer reported no result"))
+                 message=f"{label} succeeded" + (f" (loss {loss:.4g})" if isinstance(loss, float) else ""))
         self._event("Normal", "StageSucceeded", s["message"])
         started = parse_time(s.get("startTime"))
-        if started:
+        if started and s["index"] > 0:
             self.d.stage_durations.append(max(0.0, (self.inp.now - started).total_seconds()))
         return ADVANCE
 
@@ -230,49 +240,49 @@ class StagePass:
         return plan.original_context_length if plan else int(self.spec.model.original_context_length or 0)
 
     def _failed(self, s: dict[str, Any], reason: str, code: str | None, result: Any,
-                finished: datetime | None) -> str:
+                finished: datetime | None, *, exited: bool = False) -> str:
+        """``exited``: the job succeeded (every pod has exited) but the attempt failed its judgement."""
         label, attempt = self._label(s), int(s["attempts"])
-        fp = self.spec.failure_policy
         if code == "Preempted" and int(s.get("preemptions") or 0) < MAX_PREEMPTIONS:
             s["preemptions"] = int(s.get("preemptions") or 0) + 1
-            return self._retry(s, attempt, reason, result, 0.0, finished, preempted=True)
-        if code in NUMERIC_FAULTS and fp.on_non_finite_gradients == OnNonFinite.FAIL:
-            return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
-                              "failurePolicy.onNonFiniteGradients is Fail")
-        if code in PERMANENT_REASON_CODES:
-            return self._fail(s, code or "StageFailed", f"stage {label} attempt {attempt} failed: {reason}; "
-                              "retrying cannot help")
-        failures = attempt - int(s.get("preemptions") or 0)  # preemptions spend no retries
-        if failures >= fp.max_retries + 1:
-            tries = f"after {attempt} attempts" if attempt > 1 else "(no retries allowed)"
-            return self._fail(s, code or "StageFailed", f"stage {label} failed {tries}: {reason}")
-        # = backoffSeconds·2^(failed attempts − 1)
-        return self._retry(s, attempt, reason, result, fp.backoff_seconds * 2 ** (failures - 1), finished)
+            return self._retry(s, attempt, reason, result, 0.0, None if exited else finished,
+                               s.get("learningRate"), s.get("steps"), preempted=True)
+        n = self._next(s, code)
+        if not n.retry:
+            message = stop_message(label, attempt, reason, n.why_not)
+            if s["index"] == 0:
+                return self._fail(s, "BaselineFailed", f"the base model could not be evaluated, so no stage was "
+                                  f"trained: {message}")
+            return self._fail(s, code or "StageFailed", message)
+        # = backoffSeconds·2^(failed attempts − 1); preemptions spend no retries
+        return self._retry(s, attempt, reason, result, n.delay_seconds, None if exited else finished,
+                           n.learning_rate, n.steps, gate=code == "GateFailed", exited=exited)
 
-    def _pods_gone_at(self, s: dict[str, Any], result: Any, finished: datetime | None) -> datetime:
+    def _pods_gone_at(self, s: dict[str, Any], result: Any, finished: datetime | None, exited: bool) -> datetime:
         """When no pod of the attempt that just ended can still write to the stage's checkpoints.
 
         The training-operator deletes the pods of a failed job; a deleted pod gets SIGTERM and up to
         ``terminationGracePeriodSeconds`` to exit (the trainer checkpoints then). A single-node attempt whose
-        trainer wrote its result has exited already.
+        trainer wrote its result has exited already. (The baseline evaluation runs on stage 1's processes.)
         """
         plan = self.inp.plan
-        planned = plan.stages[s["index"] - 1] if plan is not None else None
-        if planned is None or (isinstance(result, dict) and result.get("status") and planned.nodes == 1):
+        planned = plan.stages[max(int(s["index"]), 1) - 1] if plan is not None and plan.stages else None
+        if exited or planned is None or (isinstance(result, dict) and result.get("status") and planned.nodes == 1):
             return self.inp.now
         return (finished or self.inp.now) + timedelta(seconds=planned.termination_grace_period_seconds)
 
     def _retry(self, s: dict[str, Any], attempt: int, reason: str, result: Any, delay: float,
-               finished: datetime | None, *, preempted: bool = False) -> str:
+               finished: datetime | None, lr: float | None, steps: int | None, *, preempted: bool = False,
+               gate: bool = False, exited: bool = False) -> str:
         label = self._label(s)
-        due = max(self.inp.now + timedelta(seconds=delay), self._pods_gone_at(s, result, finished))
+        due = max(self.inp.now + timedelta(seconds=delay), self._pods_gone_at(s, result, finished, exited))
         delay = max(0.0, (due - self.inp.now).total_seconds())
         s["nextAttemptTime"] = format_time(due)
         if due > self.inp.now:
             self.d.wake(due)
         self._phase(s, "Running")
         message = retry_message(label, attempt, reason, result if isinstance(result, dict) else None,
-                                delay, self._next_lr(s))
+                                delay, lr, steps if gate else None)
         if preempted:
             message = message.replace(" failed: ", " was preempted: ", 1) + \
                 f" (preemption {s['preemptions']}; preemptions do not count against maxRetries)"
@@ -280,5 +290,5 @@ class StagePass:
         self._event("Normal" if preempted else "Warning", "StagePreempted" if preempted else "StageRetrying", message)
         self.degraded, self.degraded_reason = message, "Preempted" if preempted else "Retrying"
         if due <= self.inp.now and not self.spec.suspend and self.inp.plan is not None:
-            self._create(s, attempt + 1, self._next_lr(s))
+            self._create(s, attempt + 1, lr, steps)
         return WAIT

@@ -4,7 +4,7 @@ A workdir holds one run of one manifest::
 
     <workdir>/
       run.json                  the manifest's spec hash, so a rerun with another spec is refused
-      baseline/evaluation.json  the base model evaluated at every curriculum length (before stage 1)
+      baseline/evaluation.json  the base model evaluated at stage 1's lengths (before stage 1)
       stage-1/                  the stage's output_dir: stage-config.json, checkpoints/, model/,
       stage-2/                  train_log.jsonl, result.json, eval/ (plots), trainer.log
       report.json  report.md  model -> stage-N/model (the final Hugging Face model)
@@ -114,13 +114,15 @@ def stage_model_path(job: ContextExtensionJob, workdir: Workdir, index: int) -> 
 
 
 def local_stage_config(job: ContextExtensionJob, plan: Plan, workdir: Workdir, index: int, *,
-                       metrics_port: int) -> StageConfig:
-    """The stage config `ctxext run` writes: CPU, output in ``stage-<i>/``, ranks' metrics on
-    ``metrics_port + rank`` (0 disables them)."""
+                       metrics_port: int, attempt: int = 1, learning_rate: float | None = None,
+                       steps: int | None = None) -> StageConfig:
+    """The stage config `ctxext run` writes: CPU, output in ``stage-<i>/`` (``baseline/`` for stage 0,
+    the base model's evaluation), ranks' metrics on ``metrics_port + rank`` (0 disables them)."""
     name = job.metadata.get("name") or "local"
-    config = build_stage_config(job, plan, index, attempt=1, job_name=f"{name}-s{index}-local",
-                                model_path=str(stage_model_path(job, workdir, index)),
-                                output_dir=str(workdir.stage_dir(index)), device="cpu")
+    config = build_stage_config(job, plan, index, attempt=attempt, job_name=f"{name}-s{index}-local",
+                                model_path=str(stage_model_path(job, workdir, max(index, 1))),
+                                output_dir=str(workdir.stage_dir(index) if index else workdir.baseline_dir),
+                                device="cpu", learning_rate=learning_rate, steps=steps)
     return config.model_copy(update={"metrics_port": metrics_port})
 
 

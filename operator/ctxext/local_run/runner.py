@@ -3,9 +3,11 @@
 For each stage not yet done: write ``stage-<i>/stage-config.json``, run
 ``python -m torch.distributed.run --standalone --nproc-per-node N -m ctxext_trainer --stage-config F``
 (gloo on CPU, ``OMP_NUM_THREADS=1`` per process), poll ``train_log.jsonl`` for the progress bars,
-then read result.json (the trainer evaluates the stage), evaluate the gates and write the outcome
-back into result.json. Before stage 1 the base model is evaluated at every curriculum length
-(``baseline/evaluation.json``). Ctrl-C sends SIGTERM to the trainer, which saves a checkpoint; a
+then read result.json (the trainer evaluates the stage), judge it and write the verdict back into
+result.json; a failed attempt is retried as ``failurePolicy`` says. Before stage 1 the base model is
+evaluated at stage 1's lengths (``baseline/evaluation.json``). Every decision (what is evaluated,
+the gates, retries, the learning-rate backoff, a gate retry's extra steps) is
+:mod:`ctxext.decide`'s, the same the operator makes. Ctrl-C sends SIGTERM to the trainer, which saves a checkpoint; a
 rerun skips finished stages and the trainer resumes from its checkpoint. No torch in this process.
 """
 
@@ -25,13 +27,14 @@ from typing import Any
 from rich.console import Console
 
 from ctxext.api.job import ContextExtensionJob
-from ctxext.gates import all_passed, evaluate_gates, failed_summary
+from ctxext.controller.model import retry_message
+from ctxext.decide import NO_RESULT, Verdict, baseline_needed, judge, next_attempt, stop_message
 from ctxext.local_run.display import StageBars, checks_table, summary_table
 from ctxext.local_run.layout import Workdir, base_model_dir, local_stage_config, world_size, write_stage_config
 from ctxext.local_run.progress import RunMetrics, read_progress
 from ctxext.local_run.report import build_report, run_lengths, write_report_md
 from ctxext.planner import Plan
-from ctxext.results import RESULT_FILE, StageResult, write_result
+from ctxext.results import RESULT_FILE, StageResult, read_result, write_result
 
 POLL_SECONDS = 0.5
 TERM_GRACE_SECONDS = 120
@@ -70,6 +73,10 @@ def _terminate(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+class BaselineError(RuntimeError):
+    """The base model could not be evaluated: the run fails before any training."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -89,30 +96,33 @@ class LocalRun:
         return self.opts.metrics_port + 1 if self.opts.metrics_port else 0
 
     def baseline(self) -> dict[str, Any]:
-        """The base model evaluated at every curriculum length, once per workdir."""
+        """The base model evaluated at stage 1's lengths, once per workdir (:mod:`ctxext.decide`): the
+        same trainer run (``evaluate_only``, stage 0) the operator's ``<cej>-s0-a1`` job runs."""
         if self.wd.baseline_file.exists():
             return dict(json.loads(self.wd.baseline_file.read_text()))
-        if not self.job.spec.evaluation.enabled:
+        if not baseline_needed(self.job.spec, report=True):
             return {}
-        lengths = run_lengths(self.plan, self.job.spec.evaluation.lengths)
-        config = local_stage_config(self.job, self.plan, self.wd, 1, metrics_port=0)
-        config = config.model_copy(update={"eval_lengths": lengths, "output_dir": str(self.wd.baseline_dir),
-                                           "rope_theta": self.plan.base_rope_theta or config.rope_theta})
+        config = local_stage_config(self.job, self.plan, self.wd, 0, metrics_port=0)
         self.wd.baseline_dir.mkdir(parents=True, exist_ok=True)
         path = self.wd.baseline_dir / "stage-config.json"
         path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
-        self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {lengths} …")
+        self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {config.eval_lengths} …")
         log = self.wd.baseline_dir / "evaluate.log"
         with log.open("ab") as out:
-            rc = subprocess.call([sys.executable, "-m", "ctxext_trainer.tiny.evaluate", "--stage-config", str(path),
-                                  "--out", str(self.wd.baseline_file)], env=_env(), stdout=out, stderr=out)
-        if rc != 0:
-            raise RuntimeError(f"the baseline evaluation failed (exit {rc}); see {log}")
-        return dict(json.loads(self.wd.baseline_file.read_text()))
+            rc = subprocess.call(trainer_command(path, self.nproc), env=_env(), stdout=out, stderr=out,
+                                 start_new_session=True)
+        result = read_result(self.wd.baseline_dir)
+        if rc != 0 or result is None or result.status != "Succeeded":
+            why = result.reason if result is not None and result.reason else f"exit {rc}"
+            raise BaselineError(f"the base model could not be evaluated, so no stage was trained: {why}; see {log}")
+        self.wd.baseline_file.write_text(json.dumps(result.evaluation, indent=2, sort_keys=True))
+        return dict(result.evaluation)
 
-    def run_stage(self, index: int, bars: StageBars, baseline: dict[str, Any]) -> tuple[str, str | None]:
-        """("done" | "failed" | "interrupted", reason)."""
-        config = local_stage_config(self.job, self.plan, self.wd, index, metrics_port=self._trainer_port())
+    def run_attempt(self, index: int, bars: StageBars, *, attempt: int, learning_rate: float | None,
+                    steps: int | None) -> tuple[str, StageResult | None, int | None]:
+        """Run one attempt of stage ``index``: ("ran" | "interrupted", its result or None, exit code)."""
+        config = local_stage_config(self.job, self.plan, self.wd, index, metrics_port=self._trainer_port(),
+                                    attempt=attempt, learning_rate=learning_rate, steps=steps)
         path = write_stage_config(self.wd, index, config)
         resumed = self.wd.stage_state(index) in ("partial", "failed")
         (self.wd.stage_dir(index) / RESULT_FILE).unlink(missing_ok=True)  # a stale Failed/Preempted one
@@ -134,33 +144,55 @@ class LocalRun:
                 bars.note(index, "interrupted: saving a checkpoint")
                 _terminate(proc)
                 bars.finish(index, steps=None, loss=None, note="interrupted")
-                return "interrupted", None
-        result = self.wd.result(index)
-        if result is None:
-            bars.finish(index, steps=None, loss=None, note=f"[red]trainer exited {proc.returncode}[/]")
-            return "failed", (f"stage {index}: the trainer exited with code {proc.returncode} and wrote no result; "
-                              f"see {log}")
-        return self._judge(index, result, bars, baseline)
+                return "interrupted", None, None
+        return "ran", self.wd.result(index), proc.returncode
 
-    def _judge(self, index: int, result: StageResult, bars: StageBars,
-               baseline: dict[str, Any]) -> tuple[str, str | None]:
-        self.metrics.on_evaluation(index, result.evaluation)
-        if result.status != "Succeeded":
-            bars.finish(index, steps=result.steps_done, loss=result.final_loss, note=f"[red]{result.reason}[/]")
-            return "failed", f"stage {index}: {result.reason}"
+    def run_stage(self, index: int, bars: StageBars, baseline: dict[str, Any]) -> tuple[str, str | None]:
+        """Attempts of stage ``index`` until one passes or :func:`ctxext.decide.next_attempt` says stop:
+        ("done" | "failed" | "interrupted", reason). The same decisions as the operator's."""
+        stage, policy = self.plan.stages[index - 1], self.job.spec.failure_policy
+        attempt, lr, steps = 1, stage.learning_rate, stage.steps
+        label = f"stage {index}/{len(self.plan.stages)}"
+        while True:
+            outcome, result, rc = self.run_attempt(index, bars, attempt=attempt, learning_rate=lr, steps=steps)
+            if outcome == "interrupted":
+                return "interrupted", None
+            verdict = self._judge(index, result, bars, baseline)
+            if verdict.passed:
+                return "done", None
+            reason = verdict.reason or ""
+            if result is None:
+                reason = (f"{NO_RESULT} (the trainer exited with code {rc}; see "
+                          f"{self.wd.stage_dir(index) / 'trainer.log'})")
+            n = next_attempt(verdict.code, attempt=attempt, policy=policy, learning_rate=lr, steps=steps,
+                             planned_steps=stage.steps)
+            if not n.retry:
+                return "failed", stop_message(label, attempt, reason, n.why_not)
+            self.console.print(retry_message(label, attempt, reason, result.to_wire() if result else None,
+                                             n.delay_seconds, n.learning_rate,
+                                             n.steps if verdict.code == "GateFailed" else None))
+            time.sleep(n.delay_seconds)
+            attempt = attempt + 1
+            lr, steps = (n.learning_rate if n.learning_rate is not None else lr), (n.steps or steps)
+
+    def _judge(self, index: int, result: StageResult | None, bars: StageBars, baseline: dict[str, Any]) -> Verdict:
+        """Judge the attempt (:func:`ctxext.decide.judge`) and write the verdict into its result.json."""
         stage = self.plan.stages[index - 1]
-        outcomes = evaluate_gates(self.job.spec.evaluation.gates, result.evaluation, baseline=baseline,
-                                  stage_seq_len=stage.seq_len, original_length=self.plan.original_context_length)
-        result = result.model_copy(update={"gates": [o.to_dict() for o in outcomes], "baseline": baseline})
-        if not all_passed(outcomes):
-            reason = failed_summary(outcomes)
-            result = result.model_copy(update={"status": "Failed", "reason": reason, "reason_code": "GateFailed"})
-            write_result(self.wd.stage_dir(index), result)
-            bars.finish(index, steps=result.steps_done, loss=result.final_loss, note="[red]gate failed[/]")
-            return "failed", f"stage {index}: gate failed: {reason}"
+        if result is None:
+            bars.finish(index, steps=None, loss=None, note=f"[red]{NO_RESULT}[/]")
+            return judge(None, gates=[], stage_seq_len=stage.seq_len, original_length=0, baseline=None)
+        self.metrics.on_evaluation(index, result.evaluation)
+        verdict = judge(result.to_wire(), gates=self.job.spec.evaluation.gates, stage_seq_len=stage.seq_len,
+                        original_length=self.plan.original_context_length, baseline=baseline or None)
+        result = result.model_copy(update={"gates": [o.to_dict() for o in verdict.gates], "baseline": baseline})
+        if verdict.code == "GateFailed":
+            result = result.model_copy(update={"status": "Failed", "reason": verdict.reason,
+                                               "reason_code": "GateFailed"})
         write_result(self.wd.stage_dir(index), result)
-        bars.finish(index, steps=result.steps_done, loss=result.final_loss, note="[green]done[/]")
-        return "done", None
+        note = "[green]done[/]" if verdict.passed else (
+            "[red]gate failed[/]" if verdict.code == "GateFailed" else f"[red]{result.reason}[/]")
+        bars.finish(index, steps=result.steps_done, loss=result.final_loss, note=note)
+        return verdict
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run like Ctrl-C: checkpoint, then exit
@@ -170,7 +202,10 @@ class LocalRun:
         self.wd.claim(self.job)
         self.metrics.serve(self.opts.metrics_port)
         self.metrics.on_stage(0, 0)
-        baseline = self.baseline()
+        try:
+            baseline = self.baseline()
+        except BaselineError as exc:
+            return self.finish("Failed", str(exc), {})
         self.metrics.on_evaluation(0, baseline)
         status, reason, done = "Succeeded", None, 0
         with StageBars(self.console, self.plan) as bars:
