@@ -39,6 +39,9 @@ class OperatorConfig(BaseModel):
     nprocPerNode processes, each running ``python -m ctxext_trainer``."""
     image_pull_policy: str = "IfNotPresent"
     """imagePullPolicy of the trainer container."""
+    trainer_image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (names) for pulling trainer images, added to every trainer pod before the job's own
+    spec.pod.imagePullSecrets; each must exist in the job's namespace."""
     hf_cache_claim: str | None = None
     """PersistentVolumeClaim holding a Hugging Face cache (hub/ layout), mounted read-only at
     /models/hf-cache for hf:// model sources (HF_HOME points there, HF_HUB_OFFLINE=1)."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -156,7 +157,8 @@ class Engine:
             if job is not None and plan is not None:
                 for create in decision.creates:
                     manifest = build_pytorchjob(job, plan, create.stage, attempt=create.attempt,
-                                                learning_rate=create.learning_rate, config=self.config)
+                                                learning_rate=create.learning_rate, config=self.config,
+                                                result_key=secrets.token_hex(16))
                     kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, body)))
                     await self._create(state, namespace, manifest)
             for change in decision.suspends:

@@ -25,7 +25,7 @@ from ctxext.controller.model import (
 )
 from ctxext.controller.observe import format_time, parse_time
 from ctxext.naming import pytorchjob_name
-from ctxext.results import PERMANENT_REASON_CODES
+from ctxext.results import PERMANENT_REASON_CODES, trusted_results
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
 
@@ -36,7 +36,9 @@ class StagePass:
     def __init__(self, inp: Inputs, spec: ContextExtensionJobSpec, decision: Decision, total: int):
         self.inp, self.spec, self.d, self.total = inp, spec, decision, total
         self.now = format_time(inp.now)
-        self.results: dict[str, Any] = inp.status.get("results") or {}
+        # Only results this attempt's trainer signed count (any trainer may patch any job's status).
+        self.results: dict[str, Any] = trusted_results(inp.status.get("results") or {},
+                                                       {j.name: j.result_key for j in inp.jobs})
         self.failure: tuple[str, str] | None = None  # (reason, message)
         self.degraded: str | None = None
 
