@@ -65,6 +65,7 @@ class Engine:
         self.registry = Registry()
         self.scheduler = Scheduler(self._pass)
         self.phases = metrics.PhaseTracker()
+        self.attempts = metrics.attempt_tracker()
         self.index: OwnedIndex = {}
         self._pool = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="ctxext-api")
 
@@ -108,6 +109,7 @@ class Engine:
         self.registry.forget(key)
         self.scheduler.forget(key)
         self.phases.forget(key)
+        self.attempts.forget(key)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -124,6 +126,7 @@ class Engine:
             if missing(exc):
                 self.forget(key)
                 return
+            metrics.RECONCILE_ERRORS.inc()
             log.warning("%s: reconcile failed (%s); retrying in %g s", key, exc, ERROR_RETRY_SECONDS)
             if key in self.registry:
                 self.scheduler.wake(key, ERROR_RETRY_SECONDS)
@@ -170,6 +173,11 @@ class Engine:
         if self.registry.get(key) is not state:  # deleted meanwhile
             return decision
         self._record(key, body, decision)
+        newest = max(jobs.values(), key=lambda j: (j.stage, j.attempt), default=None)
+        if newest is None or newest.terminal:
+            self.attempts.forget(key)
+        else:
+            self.attempts.set(key, newest.state)
         deadline = (decision.wake_at - now).total_seconds() if decision.wake_at is not None else None
         if deadline is not None and deadline < self.config.resync_seconds:
             self.scheduler.wake(key, deadline, fresh=False)  # what changes then is time, not the job
