@@ -80,3 +80,13 @@ def test_signed_result_verifies_after_the_api_server_stored_it(api):
         assert not verify(forged, "attempt-key", "signed-s1-a1")
     finally:
         api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "signed")
+
+
+def test_identity_check_is_feature_detected_on_a_server_without_serviceaccounts(k8s_api):
+    """The test API server serves no serviceaccounts: the check must say "cannot tell" (None), not "missing",
+    so jobs still start there; a real cluster answers True or False (tests/unit/test_operator_observability.py)."""
+    from ctxext.controller.kube import KubeApi
+
+    with config.new_client_from_config(config_file=k8s_api) as raw:
+        kube = KubeApi(client.CustomObjectsApi(raw), core=client.CoreV1Api(raw))
+        assert kube.service_account_exists(NS, "ctxext-trainer") is None

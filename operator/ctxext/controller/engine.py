@@ -35,6 +35,7 @@ from ctxext.config import OperatorConfig
 from ctxext.controller import metrics
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.changes import PASS, REFRESH, Seen, classify_cej, classify_job
+from ctxext.controller.identity import TRAINER_IDENTITY_MISSING, IdentityCache, missing_message
 from ctxext.controller.kube import KubeApi, missing
 from ctxext.controller.model import Decision, Inputs
 from ctxext.controller.observe import observe
@@ -66,6 +67,7 @@ class Engine:
         self.scheduler = Scheduler(self._pass)
         self.phases = metrics.PhaseTracker()
         self.attempts = metrics.attempt_tracker()
+        self.identities = IdentityCache(config.resync_seconds)
         self.index: OwnedIndex = {}
         self._pool = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="ctxext-api")
 
@@ -152,11 +154,13 @@ class Engine:
             state.seen = Seen.of(body, jobs)  # events from here on compare with what this pass reads
             job, plan, error = parse_and_plan(body)
             status = body.get("status") or {}
+            blocked = await self._identity_missing(namespace, status)
             now = datetime.now(UTC)
             decision = reconcile(Inputs(
                 name=name, namespace=namespace, generation=body["metadata"].get("generation"),
                 spec=job.spec if job else None, plan=plan, spec_error=error, status=status,
-                jobs=list(jobs.values()), now=now, result_grace_seconds=self.config.result_grace_seconds))
+                jobs=list(jobs.values()), now=now, result_grace_seconds=self.config.result_grace_seconds,
+                blocked=blocked))
             if job is not None and plan is not None:
                 for create in decision.creates:
                     manifest = build_pytorchjob(job, plan, create.stage, attempt=create.attempt,
@@ -173,7 +177,8 @@ class Engine:
         if self.registry.get(key) is not state:  # deleted meanwhile
             return decision
         self._record(key, body, decision)
-        newest = max(jobs.values(), key=lambda j: (j.stage, j.attempt), default=None)
+        current = {**jobs, **{name: owned.job for name, owned in state.created.items()}}  # incl. just created
+        newest = max(current.values(), key=lambda j: (j.stage, j.attempt), default=None)
         if newest is None or newest.terminal:
             self.attempts.forget(key)
         else:
@@ -184,6 +189,16 @@ class Engine:
         else:
             self.scheduler.wake(key, self.config.resync_seconds, fresh=True)
         return decision
+
+    async def _identity_missing(self, namespace: str, status: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, message) when the trainer ServiceAccount is missing where a job has yet to start."""
+        account = self.config.trainer_service_account
+        if not account or any(int(s.get("attempts") or 0) for s in status.get("stages") or []) \
+                or self.identities.fresh(namespace):
+            return None
+        exists = await self._call(self.api.service_account_exists, namespace, account)
+        self.identities.record(namespace, exists)
+        return (TRAINER_IDENTITY_MISSING, missing_message(account, namespace)) if exists is False else None
 
     async def _create(self, state: JobState, namespace: str, manifest: dict[str, Any]) -> None:
         name = manifest["metadata"]["name"]

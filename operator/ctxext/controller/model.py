@@ -36,6 +36,9 @@ class Inputs:
     """Every PyTorchJob labelled ``ctxext.dev/job=<name>``."""
     now: datetime
     result_grace_seconds: float = 30.0
+    blocked: tuple[str, str] | None = None
+    """(reason, message) of what keeps the first stage from starting at all, e.g. the trainer
+    ServiceAccount missing in the job's namespace; the job fails with it until it is mended."""
 
 
 @dataclass(frozen=True)

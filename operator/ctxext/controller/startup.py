@@ -53,6 +53,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
     # One HTTP connection per API thread, so that no request waits for a connection (or drops one).
     api_config = client.Configuration.get_default_copy()
     api_config.connection_pool_maxsize = API_THREADS
-    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(client.ApiClient(api_config))))
+    api_client = client.ApiClient(api_config)
+    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(api_client), core=client.CoreV1Api(api_client)))
     logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
                 ", ".join(cfg.namespaces) or "all", cfg.resync_seconds)
