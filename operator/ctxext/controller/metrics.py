@@ -30,6 +30,9 @@ RECONCILE_ERRORS = Counter("ctxext_reconcile_errors_total",
                            "Reconcile passes that failed on an API error (each is retried with a fresh read).")
 ATTEMPTS = Gauge("ctxext_stage_attempts", "The newest stage attempt of each unfinished ContextExtensionJob, by the "
                  "state of its PyTorchJob (Pending, Created, Running, Restarting, Suspended).", ["state"])
+# Exported as 0 before the first failure, so that increase() (the CtxextStageFailed alert) sees the first one.
+for _before in ("Pending", "Running"):
+    STAGE_TRANSITIONS.labels(**{"from": _before, "to": "Failed"})
 BUILD_INFO = Gauge("ctxext_build_info", "The running operator (value 1).", ["version", "python_version"])
 BUILD_INFO.labels(version=__version__, python_version=platform.python_version()).set(1)
 
@@ -80,6 +83,10 @@ class PhaseTracker:
 
 #: States of a stage attempt that has not finished (``ctxext_stage_attempts``).
 ATTEMPT_STATES = ["Pending", *(s for s in reversed(PRIORITY) if s not in ("Succeeded", "Failed"))]
+
+
+for _state in ATTEMPT_STATES:  # all 0 from the start: the series exist before the first job
+    ATTEMPTS.labels(_state).set(0)
 
 
 def attempt_tracker() -> PhaseTracker:
