@@ -67,6 +67,9 @@ class OperatorConfig(BaseModel):
     """Server-side timeout of each watch request (kopf reconnects after it)."""
     log_format: str = "plain"
     """plain, full or json (kopf's log formats)."""
+    crd_check: bool = True
+    """Refuse to start when the served ContextExtensionJob CRD differs from this operator's (after an
+    upgrade that did not apply the new CRD); off only to run an old CRD on purpose."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -79,7 +82,7 @@ class OperatorConfig(BaseModel):
                 continue
             if field.annotation in (list[str], "list[str]"):
                 values[name] = [p for p in raw.replace(",", " ").split() if p]
-            elif name == "post_events":
+            elif name in ("post_events", "crd_check"):
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[name] = raw
