@@ -39,6 +39,9 @@ class OperatorConfig(BaseModel):
     nprocPerNode processes, each running ``python -m ctxext_trainer``."""
     image_pull_policy: str = "IfNotPresent"
     """imagePullPolicy of the trainer container."""
+    trainer_image_pull_secrets: list[str] = Field(default_factory=list)
+    """Secrets (names) for pulling trainer images, added to every trainer pod before the job's own
+    spec.pod.imagePullSecrets; each must exist in the job's namespace."""
     hf_cache_claim: str | None = None
     """PersistentVolumeClaim holding a Hugging Face cache (hub/ layout), mounted read-only at
     /models/hf-cache for hf:// model sources (HF_HOME points there, HF_HUB_OFFLINE=1)."""
@@ -67,6 +70,9 @@ class OperatorConfig(BaseModel):
     """Server-side timeout of each watch request (kopf reconnects after it)."""
     log_format: str = "plain"
     """plain, full or json (kopf's log formats)."""
+    crd_check: bool = True
+    """Refuse to start when the served ContextExtensionJob CRD differs from this operator's (after an
+    upgrade that did not apply the new CRD); off only to run an old CRD on purpose."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -79,7 +85,7 @@ class OperatorConfig(BaseModel):
                 continue
             if field.annotation in (list[str], "list[str]"):
                 values[name] = [p for p in raw.replace(",", " ").split() if p]
-            elif name == "post_events":
+            elif name in ("post_events", "crd_check"):
                 values[name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:
                 values[name] = raw

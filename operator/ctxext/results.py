@@ -22,10 +22,17 @@ Example (abridged)::
 ``{"<length>": value}`` with string keys. ``baseline`` holds the same for the base model (evaluated
 once before stage 1, see :mod:`ctxext.decide`; `ctxext run` copies it here, the operator keeps it in
 ``status.baseline``). ``reasonCode`` is one of :data:`REASON_CODES`.
+
+On a cluster the entry in ``status.results`` also carries ``signature``: HMAC-SHA256 of the entry under
+the attempt's secret (:func:`sign`). Every trainer may patch the status of every job in its namespace,
+so the operator believes an entry only when it verifies against the key of the PyTorchJob it names
+(:func:`trusted_results`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -129,3 +136,61 @@ def write_result(output_dir: str | Path, result: StageResult) -> Path:
     tmp.write_text(json.dumps(result.to_wire(), indent=2, sort_keys=True))
     tmp.replace(path)
     return path
+
+
+SIGNATURE = "signature"
+
+
+def _canonical(value: Any) -> Any:
+    """The value as it reads back from the API server: a merge patch drops null members, and numbers
+    without a fraction come back as integers (2.0 → 2)."""
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items() if v is not None and k != SIGNATURE}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def sign(result: dict[str, Any], key: str) -> str:
+    """HMAC-SHA256 (hex) of a result entry under the attempt's key; the same after an API round trip.
+
+    >>> sign({"status": "Succeeded", "finalLoss": 2.0, "reason": None}, "k") == sign({"status": "Succeeded",
+    ...                                                                              "finalLoss": 2}, "k")
+    True
+    """
+    body = json.dumps(_canonical(result), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key.encode(), body.encode(), hashlib.sha256).hexdigest()
+
+
+def verify(result: Any, key: str, job_name: str) -> bool:
+    """True when ``result`` is the entry of attempt ``job_name`` signed with its key.
+
+    >>> entry = {"status": "Succeeded", "jobName": "a-s1-a1"}
+    >>> entry["signature"] = sign(entry, "k")
+    >>> verify(entry, "k", "a-s1-a1"), verify({**entry, "status": "Failed"}, "k", "a-s1-a1")
+    (True, False)
+    >>> verify(entry, "x", "a-s1-a1"), verify(entry, "k", "b-s1-a1")
+    (False, False)
+    """
+    if not isinstance(result, dict) or result.get("jobName") not in (None, job_name):
+        return False
+    signature = result.get(SIGNATURE)
+    return isinstance(signature, str) and hmac.compare_digest(signature, sign(result, key))
+
+
+def trusted_results(results: dict[str, Any], keys: dict[str, str | None]) -> dict[str, Any]:
+    """``status.results`` without the entries whose PyTorchJob has a key they do not verify against.
+
+    ``keys`` maps each existing PyTorchJob of the job to its ``ctxext.dev/result-key`` annotation (None
+    for jobs created without one). Entries of PyTorchJobs that no longer exist are kept: their outcome
+    was acted on while the job existed.
+
+    >>> good = {"status": "Succeeded"}; good["signature"] = sign(good, "k1")
+    >>> sorted(trusted_results({"a-s1-a1": good, "a-s1-a2": {"status": "Succeeded"}},
+    ...                        {"a-s1-a1": "k1", "a-s1-a2": "k2"}))
+    ['a-s1-a1']
+    """
+    return {name: entry for name, entry in results.items()
+            if not keys.get(name) or verify(entry, str(keys[name]), name)}

@@ -32,6 +32,9 @@ class ReportTarget(ApiModel):
     """Namespace of the ContextExtensionJob."""
     name: str | None = None
     """Name of the ContextExtensionJob."""
+    result_key: str | None = None
+    """Secret of this attempt (from the operator): rank 0 signs its stage result with it (HMAC-SHA256), so
+    the operator can tell results of this attempt from ones another trainer wrote."""
 
 
 class StageConfig(ApiModel):

@@ -1,4 +1,4 @@
-"""Structural JSON schemas of the two prometheus-operator kinds the chart renders.
+"""Structural JSON schemas of the prometheus-operator kinds the chart renders.
 
 ServiceMonitor and PodMonitor (monitoring.coreos.com/v1) are CRDs, so kubernetes-validate ships no
 schema for them. These schemas list the fields of prometheus-operator's v1 API (Endpoint,
@@ -108,6 +108,27 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                                                             "items": POD_METRICS_ENDPOINT},
                                     "selector": LABEL_SELECTOR, "namespaceSelector": NAMESPACE_SELECTOR,
                                     **_LIMITS}},
+        },
+    },
+    "PrometheusRule": {
+        "type": "object", "additionalProperties": False, "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"}, "kind": {"const": "PrometheusRule"},
+            "metadata": METADATA,
+            "spec": {"type": "object", "additionalProperties": False, "properties": {"groups": {
+                "type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["name", "rules"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1}, "interval": DURATION,
+                        "query_offset": DURATION, "limit": {"type": "integer"},
+                        "partial_response_strategy": {"type": "string"},
+                        "labels": STRING_MAP,
+                        "rules": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "required": ["expr"],
+                            "properties": {"alert": {"type": "string"}, "record": {"type": "string"},
+                                           "expr": {"type": ["string", "integer"]}, "for": DURATION,
+                                           "keep_firing_for": DURATION, "labels": STRING_MAP,
+                                           "annotations": STRING_MAP}}}}}}}},
         },
     },
 }

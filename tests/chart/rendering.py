@@ -22,6 +22,7 @@ ALL_ON: dict[str, Any] = {
                  "extraArgs": ["--verbose"]},
     "serviceAccount": {"annotations": {"iam.example.com/role": "ctxext"}},
     "trainer": {"namespaces": ["team-a", "team-b", "team-c"],
+                "imagePullSecrets": [{"name": "nvcr"}, {"name": "mirror"}],
                 "serviceAccount": {"annotations": {"iam.example.com/role": "trainer"}}},
     "service": {"annotations": {"example.com/scrape": "true"}},
     "podAnnotations": {"example.com/a": "b"},
@@ -33,8 +34,10 @@ ALL_ON: dict[str, Any] = {
             {"key": "node-role", "operator": "In", "values": ["system"]}]}}]}},
     "priorityClassName": "system-cluster-critical",
     "serviceMonitor": {"enabled": True, "release": "prom", "labels": {"team": "ml"}},
-    "podMonitor": {"enabled": True, "release": "prom", "labels": {"team": "ml"}, "namespaces": ["team-a"],
-                   "ranksPerPod": 4},
+    "podMonitor": {"enabled": True, "release": "prom", "labels": {"team": "ml"}, "namespaces": ["team-a"]},
+    "prometheusRule": {"enabled": True, "release": "prom", "labels": {"team": "ml"}, "alertLabels": {"team": "ml"}},
+    "networkPolicy": {"enabled": True, "extraTrainerEgress": [
+        {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 9000, "protocol": "TCP"}]}]},
     "dashboard": {"enabled": True, "namespace": "monitoring", "labels": {"team": "ml"},
                   "annotations": {"grafana_folder": "LLM training"}},
 }

@@ -23,7 +23,7 @@ from tests.chart.rendering import ALL_ON, CHART, NAMESPACE, kinds, pod_specs, re
 #: (apiextensions-apiserver v1.36) and of current clusters. 1.25 is the oldest the chart supports (kubeVersion).
 K8S_VERSIONS = ["1.36", "1.25"]
 #: CRD kinds with no schema in kubernetes-validate: validated against tests/chart/monitoring_schema.py.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 CONFIGS = {"defaults": {}, "all-on": ALL_ON}
 
 
@@ -81,8 +81,16 @@ def test_notes_render_for_every_configuration():
     for values in CONFIGS.values():
         notes = render_files(values)["ctxext/templates/NOTES.txt"]
         assert "helm test ctxext" in notes and "kubectl get contextextensionjobs" in notes
-    assert "PodMonitor ctxext-trainer (release=prom) scrapes trainer ranks on ports 9400-9403" in \
-        render_files(ALL_ON)["ctxext/templates/NOTES.txt"]
+    notes = render_files(ALL_ON)["ctxext/templates/NOTES.txt"]
+    assert "PodMonitor ctxext-trainer (release=prom) scrapes each trainer rank on its metrics-<local rank> port" \
+        in notes
+    assert "PrometheusRule ctxext (release=prom)" in notes
+    # Jobs outside the trainer namespaces do not run at all (no "cannot report progress"): the fix is spelled out.
+    default = render_files({})["ctxext/templates/NOTES.txt"]
+    assert "cannot report progress" not in default and "TrainerIdentityMissing" in default
+    assert "--set 'trainer.namespaces={ctxext-system,<namespace>}'" in default
+    assert "--set 'trainer.namespaces={team-a,team-b,team-c,<namespace>}'" in notes
+    assert "helm upgrade` does not upgrade CRDs" in default and "kubectl delete cej --all -A" in default
 
 
 def test_chart_ships_the_generated_crd():
@@ -232,6 +240,7 @@ def test_operator_rights_are_exactly_what_it_uses(rendered):
         ("ctxext.dev", "contextextensionjobs/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "patch"},
         ("", "events"): {"create"},
+        ("", "serviceaccounts"): {"get"},  # the trainer identity check (ctxext.controller.identity)
     }
     if name == "defaults":  # all namespaces: one ClusterRole, plus kopf's read-only CRD observer
         assert [o["kind"] for o in operator_roles] == ["ClusterRole"]
@@ -355,13 +364,9 @@ def test_pod_monitor_scrapes_every_rank_of_trainer_pods():
     # The operator labels trainer pods with LABEL_JOB; the trainer container is Kubeflow's "pytorch".
     assert monitor["spec"]["selector"] == {"matchExpressions": [{"key": LABEL_JOB, "operator": "Exists"}]}
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
-    addresses = []
-    for endpoint in monitor["spec"]["podMetricsEndpoints"]:
-        relabel = endpoint["relabelings"]
-        assert {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": "pytorch",
-                "action": "keep"} in relabel
-        addresses.append([r["replacement"] for r in relabel if r.get("targetLabel") == "__address__"])
-    assert addresses == [[f"${{1}}:{port}", f"[${{1}}]:{port}"] for port in (9400, 9401, 9402, 9403)]
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert "port" not in endpoint and "portNumber" not in endpoint  # selected by name, below
+    assert {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": "pytorch",
+            "action": "keep"} in endpoint["relabelings"]
     [default_monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
-    assert len(default_monitor["spec"]["podMetricsEndpoints"]) == 8
     assert default_monitor["spec"]["namespaceSelector"] == {"any": True}

@@ -129,3 +129,39 @@ def test_operator_and_planner_import_without_torch(tmp_path: Path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ctxext modules imported" in done.stdout
+
+
+def _env(dockerfile: Path) -> dict[str, str]:
+    """ENV values (``ENV A=1 B=2`` and ``ENV A 1``), the last one winning."""
+    env: dict[str, str] = {}
+    for word, rest in _instructions(dockerfile):
+        if word == "ENV":
+            if "=" in rest.split()[0]:
+                env.update(m.groups() for m in re.finditer(r'(\w+)=("[^"]*"|\S+)', rest))
+            else:
+                name, _, value = rest.partition(" ")
+                env[name] = value.strip()
+    return {k: v.strip('"') for k, v in env.items()}
+
+
+def test_trainer_pods_run_as_the_trainer_image_user_with_a_home_it_owns():
+    """The operator's trainer pods (runAsUser/runAsGroup/fsGroup) and trainer_image/Dockerfile agree, and the
+    image gives that user a HOME of its own (caches of triton, torch and HF write there)."""
+    from ctxext.controller.builder import RUN_AS_USER
+    from tests.unit.test_pytorchjob_builder import build, gpu_job
+
+    instructions = _instructions(TRAINER_DOCKERFILE)
+    user = [rest for word, rest in instructions if word == "USER"][-1]
+    uid, _, gid = user.partition(":")
+    assert (int(uid), int(gid or uid)) == (RUN_AS_USER, RUN_AS_USER), f"trainer image USER {user}"
+    pod_sc = build(gpu_job())["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["securityContext"]
+    assert (pod_sc["runAsUser"], pod_sc["runAsGroup"], pod_sc["fsGroup"]) == (int(uid), int(gid or uid),
+                                                                               int(gid or uid))
+    home = _env(TRAINER_DOCKERFILE).get("HOME")
+    assert home and home.startswith("/") and not home.startswith("/tmp"), f"HOME={home}"
+    runs = " ".join(rest for word, rest in instructions if word == "RUN")
+    created_for_user = re.search(rf"useradd\b[^&;]*--uid {uid}\b[^&;]*--home-dir {re.escape(home)}\b", runs) or \
+        re.search(rf"useradd\b[^&;]*--home-dir {re.escape(home)}\b[^&;]*--uid {uid}\b", runs) or \
+        re.search(rf"chown\b[^&;]*\b{uid}(:{gid or uid})?\s[^&;]*{re.escape(home)}\b", runs)
+    assert created_for_user, f"{home} is not created for uid {uid} in {TRAINER_DOCKERFILE}"
+    assert "--create-home" in runs or re.search(rf"mkdir\b[^&;]*{re.escape(home)}", runs)

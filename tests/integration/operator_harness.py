@@ -18,8 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client import ApiException
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
+from ctxext.controller.builder import ANNOTATION_RESULT_KEY
+from ctxext.results import SIGNATURE
+from ctxext.results import sign as sign_result
 
 CTXEXT = str(Path(sys.executable).with_name("ctxext"))
 PTJ = ("kubeflow.org", "v1")
@@ -139,8 +143,19 @@ class Cluster:
     def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec})
 
-    def trainer_reports(self, name: str, status: dict[str, Any]) -> None:
-        """What trainer rank 0 does: merge-patch status.progress / status.results."""
+    def trainer_reports(self, name: str, status: dict[str, Any], *, sign: bool = True) -> None:
+        """What trainer rank 0 does: merge-patch status.progress / status.results, each result signed with
+        the key of the PyTorchJob it names (as the trainer does with its stage config's resultKey)."""
+        results = status.get("results")
+        if sign and isinstance(results, dict):
+            signed = {}
+            for job_name, entry in results.items():
+                try:
+                    key = (self.pytorchjob(job_name)["metadata"].get("annotations") or {}).get(ANNOTATION_RESULT_KEY)
+                except ApiException:
+                    key = None
+                signed[job_name] = {**entry, SIGNATURE: sign_result(entry, key)} if key and entry else entry
+            status = {**status, "results": signed}
         self.api.patch_namespaced_custom_object_status(GROUP, VERSION, self.ns, PLURAL, name, {"status": status})
 
     def pytorchjobs(self, cej: str) -> dict[str, dict[str, Any]]:

@@ -81,27 +81,44 @@ def test_layer_names() -> None:
     assert layer_name("lm.model.norm.weight") == "norm"
 
 
-def test_metrics_endpoint_names_and_labels() -> None:
-    metrics = TrainerMetrics(CONFIG, rank=1)
+def _scrape_one_step(rank: int) -> str:
+    metrics = TrainerMetrics(CONFIG, rank=rank)
     assert metrics.serve(0) is None  # 0 disables
     port = metrics.serve(_free_port())
     assert port
     try:
-        metrics.record_step(step=3, loss=2.0, grad_norm=1.5, layer_max=1.0, layer_min=0.1, clip_ratio=1.0,
-                            tokens_per_second=100.0, step_seconds=0.5, learning_rate=1e-3, update_ratio=1e-3)
+        for _ in range(2):
+            metrics.record_step(step=3, loss=2.0, grad_norm=1.5, layer_max=1.0, layer_min=0.1, clip_ratio=1.0,
+                                tokens_per_second=100.0, step_seconds=0.5, learning_rate=1e-3, update_ratio=1e-3,
+                                tokens=512)
         metrics.record_nonfinite(2)
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     finally:
         metrics.close()
-    labels = 'cej="tiny",cej_namespace="team-a",rank="1",stage="2"'
+
+
+def test_metrics_endpoint_names_and_labels() -> None:
+    body = _scrape_one_step(0)
+    labels = 'cej="tiny",cej_namespace="team-a",stage="2"'
     assert f"ctxext_train_loss{{{labels}}} 2.0" in body
     assert f"ctxext_train_perplexity{{{labels}}} {math.exp(2.0)}" in body
     assert f"ctxext_grad_nonfinite_total{{{labels}}} 2.0" in body
-    assert 'rope_theta="691374.2",seq_len="512"' in body
+    assert f"ctxext_train_tokens_total{{{labels}}} 1024.0" in body
+    assert f"ctxext_loss_spikes_total{{{labels}}} 0.0" in body  # there from the start, so increase() works
+    assert 'rope_theta="691374.2",seq_len="512",stage="2",total_stages="' in body
+    assert 'ctxext_memory_bytes{cej="tiny",cej_namespace="team-a",kind="max_rss",rank="0",stage="2"}' in body
     for name in ("ctxext_grad_norm", "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_step",
                  "ctxext_step_seconds", "ctxext_memory_bytes", "ctxext_stage_info"):
         assert f"\n{name}{{" in body
     assert 'job="' not in body and 'namespace="' not in body.replace('cej_namespace="', "")
+
+
+def test_only_rank0_exports_job_wide_metrics() -> None:
+    """Every rank has the same loss and step: other ranks export only what is their own (memory)."""
+    body = _scrape_one_step(1)
+    series = [line.split("{")[0] for line in body.splitlines() if line and not line.startswith("#")]
+    assert set(series) == {"ctxext_memory_bytes"}, set(series)
+    assert 'rank="1"' in body
 
 
 def test_status_patches() -> None:

@@ -23,18 +23,20 @@ from .conftest import free_port, make_tiny_model, run_trainer, stage_config, tra
 
 METRIC_NAMES = ("ctxext_train_loss", "ctxext_train_perplexity", "ctxext_grad_norm", "ctxext_grad_nonfinite_total",
                 "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_step", "ctxext_stage_info",
-                "ctxext_step_seconds", "ctxext_memory_bytes")
+                "ctxext_step_seconds", "ctxext_memory_bytes", "ctxext_train_tokens_total")
 
 
-def _scrape_until_step(port: int, proc: subprocess.Popen[str], deadline_s: float = 240) -> str:
-    """The /metrics text once it shows a completed step (the run holds after each step meanwhile)."""
+def _scrape_until_step(port: int, proc: subprocess.Popen[str], deadline_s: float = 240, *,
+                       series: str = "ctxext_train_step{") -> str:
+    """The /metrics text once it shows a completed step (the run holds after each step meanwhile); ranks
+    other than 0 export only their own series (``series="ctxext_memory_bytes{"``), set at each step."""
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise AssertionError(f"trainer exited early ({proc.returncode}): {proc.stdout.read()[-4000:]}")
         try:
             body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            if any(line.startswith("ctxext_train_step{") and not line.endswith(" 0.0") for line in body.splitlines()):
+            if any(line.startswith(series) and not line.endswith(" 0.0") for line in body.splitlines()):
                 return body
         except (urllib.error.URLError, ConnectionError):
             pass
@@ -58,16 +60,19 @@ def test_zero3_sequence_parallel_stage_trains_exports_and_serves_metrics(tiny_mo
     proc = run_trainer(config, nproc=2, env=trainer_env(CTXEXT_HOLD_FILE=str(hold)), wait=False)
     assert isinstance(proc, subprocess.Popen)
     try:
-        scraped = [_scrape_until_step(port + rank, proc) for rank in (0, 1)]
+        scraped = [_scrape_until_step(port, proc), _scrape_until_step(port + 1, proc, series="ctxext_memory_bytes{")]
     finally:
         hold.unlink()
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == exit_codes.OK, output[-5000:]
 
+    # Job-wide series come from rank 0 only; each rank exports its own memory.
+    for name in METRIC_NAMES:
+        assert f"\n{name}{{" in scraped[0], f"{name} missing on rank 0"
+    assert 'cej="tiny"' in scraped[0] and 'rope_theta="81920.5"' in scraped[0]
+    assert "\nctxext_train_loss{" not in scraped[1] and "ctxext_memory_bytes{" in scraped[1]
     for rank, body in enumerate(scraped):
-        for name in METRIC_NAMES:
-            assert f"\n{name}{{" in body, f"{name} missing on rank {rank}"
-        assert f'rank="{rank}"' in body and 'cej="tiny"' in body and 'rope_theta="81920.5"' in body
+        assert f'rank="{rank}"' in body
 
     # Sequence parallelism must train exactly what one process trains on the whole sequences: the
     # same loss and gradient norm at every step (a wrong shard, position, loss scale or all-to-all

@@ -16,9 +16,11 @@ from kubernetes import client
 
 from ctxext.config import OperatorConfig
 from ctxext.controller import engine as engine_mod
+from ctxext.controller.builder import ANNOTATION_RESULT_KEY
 from ctxext.controller.engine import Engine
 from ctxext.controller.observe import observe
 from ctxext.controller.registry import Owned
+from ctxext.results import sign
 from tests.unit.helpers import minimal
 
 KEY = "ns/t"
@@ -43,7 +45,11 @@ class FakeApi:
     def report_result(self, name: str, job: str) -> dict[str, Any]:
         """What trainer rank 0 does before its PyTorchJob ends: patch status.results[job] (no engine call)."""
         status = self.cejs[name].setdefault("status", {})
-        status.setdefault("results", {})[job] = {"status": "Succeeded", "finalLoss": 1.5}
+        entry: dict[str, Any] = {"status": "Succeeded", "finalLoss": 1.5}
+        key = self.jobs[job]["metadata"].get("annotations", {}).get(ANNOTATION_RESULT_KEY)
+        if key:  # signed with the attempt's key, as the trainer does (ctxext.results.sign)
+            entry["signature"] = sign(entry, key)
+        status.setdefault("results", {})[job] = entry
         self.cejs[name]["metadata"]["resourceVersion"] = str(next(self.rv))
         return copy.deepcopy(self.cejs[name])
 

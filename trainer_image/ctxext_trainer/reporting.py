@@ -5,7 +5,8 @@ With ``report.kind == "kubernetes"`` the trainer merge-patches
 
 * every :data:`MIN_INTERVAL_SECONDS` at most: ``status.progress`` = ``{jobName, stage, step,
   totalSteps, loss, perplexity, tokensPerSecond, updated}``;
-* at the end: ``status.results[<jobName>]`` = the stage result (result.json's content). This one
+* at the end: ``status.results[<jobName>]`` = the stage result (result.json's content, signed with the
+  attempt's ``report.resultKey``: :func:`ctxext.results.sign`). This one
   write matters (the operator reads the result when the PyTorchJob finishes, i.e. after this process
   exits), so it is retried for up to ``$CTXEXT_RESULT_RETRY_SECONDS`` (default
   :data:`RESULT_RETRY_SECONDS`) while the API server is unreachable or answers 429/5xx, e.g. during
@@ -24,6 +25,7 @@ import os
 import time
 from typing import Any
 
+from ctxext.results import SIGNATURE, sign
 from ctxext.stage_config import StageConfig
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,8 @@ class StatusReporter:
         PyTorchJob finished, which is after this returns."""
         if not self.enabled:
             return False
+        if self.config.report.result_key:  # lets the operator tell this attempt's result from a forged one
+            result = {**result, SIGNATURE: sign(result, self.config.report.result_key)}
         deadline, delay = time.monotonic() + self.result_retry_seconds, 1.0
         while True:
             retry = self._try_patch({"status": {"results": {self.config.job_name: None}}})

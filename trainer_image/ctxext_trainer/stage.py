@@ -154,7 +154,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
             model_path = export_model(engine, loaded.model, tokenizer, out, zero_stage=config.zero_stage,
                                       is_rank0=topo.is_rank0)
             _release(engine, loaded)
-            evaluation = _evaluate(model_path, tokenizer, config, topo, metrics.registry)
+            evaluation = _evaluate(model_path, tokenizer, config, topo, metrics.job_registry)
         if state.stop is not None:
             status, reason, code, rc = "Failed", state.stop.message, state.stop.code, exit_codes.GUARD_STOP
         elif state.preempted:

@@ -205,7 +205,8 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
         parts.metrics.record_step(step=step_no, loss=loss_value, grad_norm=stats.grad_norm,
                                   layer_max=stats.max_layer[1], layer_min=stats.min_layer[1],
                                   clip_ratio=guard.clip_ratio(stats.grad_norm), tokens_per_second=tps,
-                                  step_seconds=seconds, learning_rate=lr, update_ratio=ratio)
+                                  step_seconds=seconds, learning_rate=lr, update_ratio=ratio,
+                                  tokens=float(sums[1]))
         parts.reporter.progress(step=step_no, loss=loss_value, tokens_per_second=tps)
         if topo.is_rank0:
             _log_step(config, {"step": step_no, "loss": loss_value, "gradNorm": stats.grad_norm, "lr": lr,

@@ -111,8 +111,44 @@ Role in each watched namespace. No wildcards; each rule says why.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["create", "get", "list", "watch", "patch"]
+# Before a job's first stage, check that the trainer ServiceAccount exists in its namespace (else the
+# job fails at once with condition TrainerIdentityMissing instead of PyTorchJobs whose pods never start).
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get"]
 # Post a Kubernetes Event for each transition (best effort; kopf posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- end }}
+
+{{/* Annotations of the trainer identity objects: kept on uninstall so that running trainers can still report. */}}
+{{- define "ctxext.trainerIdentityAnnotations" -}}
+{{- if .Values.trainer.keepOnUninstall -}}
+helm.sh/resource-policy: keep
+{{- end }}
+{{- end }}
+
+{{/* NetworkPolicy egress rules every ctxext pod needs: DNS, and the API server's port(s). */}}
+{{- define "ctxext.dnsAndApiServerEgress" -}}
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+- ports:
+    {{- range .Values.networkPolicy.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+
+{{/* NetworkPolicy peer: Prometheus' namespace (networkPolicy.monitoringNamespace), or every namespace. */}}
+{{- define "ctxext.monitoringPeer" -}}
+- namespaceSelector:
+  {{- with .Values.networkPolicy.monitoringNamespace }}
+    matchLabels:
+      kubernetes.io/metadata.name: {{ . }}
+  {{- else }} {}
+  {{- end }}
 {{- end }}

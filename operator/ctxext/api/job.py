@@ -22,6 +22,7 @@ from ctxext.api.spec import (
     ResourcesSpec,
     RunPolicySpec,
     SchedulingSpec,
+    TrainerPodSpec,
 )
 
 _STAGES = "self.curriculum.stages"
@@ -82,6 +83,9 @@ class ContextExtensionJobSpec(ApiModel):
     """Extra environment of the trainer containers (NCCL settings and the like)."""
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     """Prometheus endpoint of the trainer pods."""
+    pod: TrainerPodSpec = Field(default_factory=TrainerPodSpec)
+    """Allow-listed settings of the trainer pods for GPU clusters: imagePullSecrets, capabilities (IPC_LOCK
+    for RDMA), runtimeClassName, extra labels and annotations."""
     suspend: bool = False
     """Suspend the job: the running stage's PyTorchJob is suspended (pods deleted) until false again."""
 

@@ -8,10 +8,11 @@ the operator); ``tests/integration/test_crd_apiserver.py`` checks both agree.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ctxext.api.base import ApiModel, cel, k8s
 from ctxext.theta import MAX_ROPE_THETA, ThetaRule
@@ -25,6 +26,7 @@ DATA_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|s3://[a-z0-9][-
 Theta = Annotated[float, Field(gt=0, le=MAX_ROPE_THETA)]
 SeqLen = Annotated[int, Field(ge=MIN_CONTEXT + 1, le=MAX_SEQ_LEN)]
 Name253 = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
 
 
 class SecretKeyRef(ApiModel):
@@ -161,6 +163,9 @@ class CurriculumSpec(ApiModel):
     Generated from growthFactor when omitted."""
 
 
+_EXTENDED = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+
+
 class ResourcesSpec(ApiModel):
     """Hardware of each trainer pod."""
 
@@ -178,6 +183,72 @@ class ResourcesSpec(ApiModel):
     """Memory request/limit of each trainer pod (Kubernetes quantity, e.g. "900Gi")."""
     shared_memory_gib: int = Field(default=64, alias="sharedMemoryGiB", ge=1, le=4096)
     """Size of the /dev/shm memory volume (NCCL and data loaders need more than the 64 MiB default)."""
+    extra_resources: dict[str, Annotated[str, Field(max_length=16, pattern=r"^[1-9][0-9]*$")]] = Field(
+        default_factory=dict, max_length=16, json_schema_extra=k8s(validations=[cel(
+            f"self.all(k, k.matches('^{_EXTENDED}$') && "
+            "k != 'nvidia.com/gpu' && !k.startsWith('kubernetes.io/'))",
+            "extraResources names are domain/name extended resources (e.g. rdma/hca); nvidia.com/gpu comes "
+            "from gpusPerNode")]))
+    """Extended resources each trainer pod requests (and limits to the same amount), e.g.
+    {"rdma/rdma_shared_device_a": "1"} for InfiniBand through the RDMA device plugin. Names need a
+    domain prefix; nvidia.com/gpu comes from gpusPerNode."""
+
+    @field_validator("extra_resources")
+    @classmethod
+    def _extended(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not re.fullmatch(_EXTENDED, name) or name == "nvidia.com/gpu" or name.startswith("kubernetes.io/"):
+                raise ValueError(f"{name!r} is not an extended resource name like rdma/hca (nvidia.com/gpu comes "
+                                 "from gpusPerNode)")
+        return value
+
+
+#: Label and annotation prefixes the operator owns: an overlay may not set them.
+RESERVED_PREFIXES = ("ctxext.dev/", "app.kubernetes.io/", "kueue.x-k8s.io/", "training.kubeflow.org/")
+_KEY = r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
+_RESERVED_KEYS = cel(
+    f"self.all(k, k.matches('^{_KEY}$') && " + " && ".join(f"!k.startsWith('{p}')" for p in RESERVED_PREFIXES) + ")",
+    "keys are [prefix/]name and not under " + ", ".join(RESERVED_PREFIXES) + " (the operator's and Kubeflow's)")
+
+
+class TrainerPodSpec(ApiModel):
+    """An allow-listed overlay on the trainer pods, for what GPU clusters need: image pull secrets,
+    added capabilities, a runtime class, extra labels and annotations (e.g. Multus networks)."""
+
+    image_pull_secrets: list[Name253] = Field(default_factory=list, max_length=16,
+                                              json_schema_extra=k8s(list_type="set"))
+    """Secrets (names, in the job's namespace) for pulling the trainer image from a private registry."""
+    capabilities: list[Literal["IPC_LOCK", "SYS_RESOURCE", "SYS_NICE"]] = Field(
+        default_factory=list, max_length=3, json_schema_extra=k8s(list_type="set"))
+    """Capabilities added to the trainer container (all others stay dropped): IPC_LOCK for RDMA,
+    SYS_RESOURCE to raise the locked-memory limit, SYS_NICE for NUMA binding."""
+    runtime_class_name: str | None = Field(default=None, max_length=253,
+                                           pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    """RuntimeClass of the trainer pods (e.g. "nvidia" where the NVIDIA runtime is not the default)."""
+    labels: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32, json_schema_extra=k8s(validations=[_RESERVED_KEYS]))
+    """Extra labels of the trainer pods (not under ctxext.dev/, app.kubernetes.io/, kueue.x-k8s.io/ or
+    training.kubeflow.org/, which the operator and Kubeflow set)."""
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=32, json_schema_extra=k8s(validations=[_RESERVED_KEYS]))
+    """Extra annotations of the trainer pods, e.g. {"k8s.v1.cni.cncf.io/networks": "ib-sriov"} for
+    Multus secondary networks (same reserved prefixes as labels)."""
+
+    @field_validator("labels", "annotations")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(_KEY, key) or key.startswith(RESERVED_PREFIXES):
+                raise ValueError(f"{key!r} is not allowed: keys are [prefix/]name and not under "
+                                 f"{', '.join(RESERVED_PREFIXES)}")
+        return value
+
+    @field_validator("image_pull_secrets", "capabilities")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("entries must be unique")
+        return value
 
 
 class ParallelismSpec(ApiModel):

@@ -39,7 +39,13 @@ LABEL_ATTEMPT = "ctxext.dev/attempt"
 ANNOTATION_LR = "ctxext.dev/learning-rate"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MASTER_PORT = 23456
-RUN_AS_USER = 1000
+#: uid and gid of the trainer image's user (trainer_image/Dockerfile: USER 10001:10001, HOME owned by it);
+#: tests/chart/test_images.py checks that the two agree.
+RUN_AS_USER = 10001
+ANNOTATION_RESULT_KEY = "ctxext.dev/result-key"
+#: Name of local rank r's metrics port (IANA service name: at most 15 characters); the chart's PodMonitor
+#: scrapes every container port whose name matches ``metrics-[0-9]+``.
+METRICS_PORT_NAME = "metrics-{rank}"
 
 
 def job_labels(cej: str, stage: int, attempt: int) -> dict[str, str]:
@@ -70,6 +76,9 @@ def _resources(job: ContextExtensionJob) -> dict[str, Any]:
     limits = dict(amounts)
     if res.gpus_per_node > 0:
         limits["nvidia.com/gpu"] = str(res.gpus_per_node)
+    # Extended resources (rdma/..., ...) cannot be overcommitted: request and limit are the same.
+    amounts.update(res.extra_resources)
+    limits.update(res.extra_resources)
     out: dict[str, Any] = {}
     if amounts:
         out["requests"] = amounts
@@ -80,9 +89,14 @@ def _resources(job: ContextExtensionJob) -> dict[str, Any]:
 
 def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt: int = 1,
                      learning_rate: float | None = None, config: OperatorConfig | None = None,
-                     suspend: bool | None = None, steps: int | None = None) -> dict[str, Any]:
+                     suspend: bool | None = None, steps: int | None = None,
+                     result_key: str | None = None) -> dict[str, Any]:
     """The PyTorchJob for ``stage`` (1-based) attempt ``attempt``; ``learning_rate`` and ``steps`` override
-    the plan's. Stage 0 is the base model's evaluation: stage 1's pods, no training."""
+    the plan's. Stage 0 is the base model's evaluation: stage 1's pods, no training.
+
+    ``result_key`` (a random secret per attempt, chosen by the operator) goes to the trainer in its stage
+    config and onto the PyTorchJob as an annotation: rank 0 signs its stage result with it, and the operator
+    ignores results that another job's trainer wrote (:func:`ctxext.results.verify`)."""
     config = config or OperatorConfig()
     spec = job.spec
     name = str(job.metadata.get("name", "local"))
@@ -94,7 +108,7 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
         model_path=stage_model_path(spec, namespace, name, stage),
         output_dir=stage_output_dir(spec, namespace, name, stage),
         device="cuda" if spec.resources.gpus_per_node > 0 else "cpu", learning_rate=learning_rate, steps=steps,
-        report=ReportTarget(kind="kubernetes", namespace=namespace, name=name))
+        report=ReportTarget(kind="kubernetes", namespace=namespace, name=name, result_key=result_key))
     storage = pod_storage(spec, hf_cache_claim=config.hf_cache_claim)
     labels = job_labels(name, stage, attempt)
     env = [
@@ -108,12 +122,17 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
     container: dict[str, Any] = {
         "name": "pytorch", "image": spec.resources.image, "imagePullPolicy": config.image_pull_policy,
         "command": list(config.trainer_command), "env": env,
+        # One named port per local rank (rank r serves /metrics on metrics.port + r): the PodMonitor keeps
+        # exactly these, so a 1-process CPU pod has one target and an 8-GPU pod eight.
         "ports": [{"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"},
-                  {"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"}],
+                  *({"name": METRICS_PORT_NAME.format(rank=r), "containerPort": spec.metrics.port + r,
+                     "protocol": "TCP"} for r in range(planned.processes_per_node))],
         "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *storage.mounts],
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                             "runAsNonRoot": True},
     }
+    if spec.pod.capabilities:
+        container["securityContext"]["capabilities"]["add"] = list(spec.pod.capabilities)
     if spec.model.credentials_secret_ref:
         container["envFrom"] = [{"secretRef": {"name": spec.model.credentials_secret_ref.name}}]
     if resources := _resources(job):
@@ -131,6 +150,10 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
     }
     if config.trainer_service_account:
         pod["serviceAccountName"] = config.trainer_service_account
+    if pull_secrets := list(dict.fromkeys([*config.trainer_image_pull_secrets, *spec.pod.image_pull_secrets])):
+        pod["imagePullSecrets"] = [{"name": n} for n in pull_secrets]
+    if spec.pod.runtime_class_name:
+        pod["runtimeClassName"] = spec.pod.runtime_class_name
     if sched.priority_class_name:
         pod["priorityClassName"] = sched.priority_class_name
     if sched.node_selector:
@@ -139,10 +162,15 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
         pod["tolerations"] = [t.to_wire() for t in sched.tolerations]
     if sched.affinity:
         pod["affinity"] = sched.affinity
-    template = {"metadata": {"labels": labels}, "spec": pod}
+    pod_meta: dict[str, Any] = {"labels": {**spec.pod.labels, **labels}}
+    if spec.pod.annotations:
+        pod_meta["annotations"] = dict(spec.pod.annotations)
+    template = {"metadata": pod_meta, "spec": pod}
     replicas: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": template}}
     if planned.nodes > 1:
-        replicas["Worker"] = {"replicas": planned.nodes - 1, "restartPolicy": "Never", "template": template}
+        # Only global rank 0 (in the Master pod) reports to the API server: worker pods get no token.
+        worker = {"metadata": pod_meta, "spec": {**pod, "automountServiceAccountToken": False}}
+        replicas["Worker"] = {"replicas": planned.nodes - 1, "restartPolicy": "Never", "template": worker}
     run_policy: dict[str, Any] = {
         "backoffLimit": 0,  # a failed attempt is retried by the operator, from the latest checkpoint
         # No pod of a finished attempt may keep running (and writing the stage's checkpoints) while the next
@@ -159,6 +187,8 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
                                 "annotations": {ANNOTATION_LR: repr(stage_config.learning_rate)}}
     if sched.queue_name:
         metadata["labels"][QUEUE_LABEL] = sched.queue_name
+    if result_key:
+        metadata["annotations"][ANNOTATION_RESULT_KEY] = result_key
     return {
         "apiVersion": API_VERSION, "kind": KIND, "metadata": metadata,
         "spec": {"nprocPerNode": str(planned.processes_per_node), "runPolicy": run_policy,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -35,6 +36,7 @@ from ctxext.config import OperatorConfig
 from ctxext.controller import metrics
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.changes import PASS, REFRESH, Seen, classify_cej, classify_job
+from ctxext.controller.identity import TRAINER_IDENTITY_MISSING, IdentityCache, missing_message
 from ctxext.controller.kube import KubeApi
 from ctxext.controller.model import Decision, Inputs
 from ctxext.controller.observe import observe
@@ -78,6 +80,8 @@ class Engine:
         self.registry = Registry()
         self.scheduler = Scheduler(self._pass)
         self.phases = metrics.PhaseTracker()
+        self.attempts = metrics.attempt_tracker()
+        self.identities = IdentityCache(config.resync_seconds)
         self.index: OwnedIndex = {}
         self._pool = ThreadPoolExecutor(max_workers=API_THREADS, thread_name_prefix="ctxext-api")
 
@@ -121,6 +125,7 @@ class Engine:
         self.registry.forget(key)
         self.scheduler.forget(key)
         self.phases.forget(key)
+        self.attempts.forget(key)
 
     def close(self) -> None:
         self.scheduler.close()
@@ -136,6 +141,7 @@ class Engine:
         except Exception as exc:  # an API error: try again soon, re-reading everything
             # Even a 404 (a PyTorchJob deleted under a suspend, a CEJ deleted under its status patch) only
             # says that one object is gone: the fresh pass forgets the job when the CEJ itself is gone.
+            metrics.RECONCILE_ERRORS.inc()
             log.warning("%s: reconcile failed (%s); retrying in %g s", key, _brief(exc), ERROR_RETRY_SECONDS)
             if key in self.registry:
                 self.scheduler.wake(key, ERROR_RETRY_SECONDS)
@@ -161,18 +167,19 @@ class Engine:
             state.seen = Seen.of(body, jobs)  # events from here on compare with what this pass reads
             job, plan, error = parse_and_plan(body)
             status = body.get("status") or {}
+            blocked = await self._identity_missing(namespace, status)
             now = datetime.now(UTC)
             decision = reconcile(Inputs(
                 name=name, namespace=namespace, generation=body["metadata"].get("generation"),
                 spec=job.spec if job else None, plan=plan, spec_error=error, status=status,
                 jobs=list(jobs.values()), now=now, uid=body["metadata"].get("uid"),
                 result_grace_seconds=self.config.result_grace_seconds,
-                start_deadline_seconds=self.config.start_deadline_seconds))
+                start_deadline_seconds=self.config.start_deadline_seconds, blocked=blocked))
             if job is not None and plan is not None:
                 for create in decision.creates:
                     manifest = build_pytorchjob(job, plan, create.stage, attempt=create.attempt,
                                                 learning_rate=create.learning_rate, config=self.config,
-                                                steps=create.steps)
+                                                steps=create.steps, result_key=secrets.token_hex(16))
                     kopf.adopt(manifest, owner=kopf.Body(cast(kopf.RawBody, body)))
                     await self._create(state, namespace, manifest)
             for change in decision.suspends:
@@ -184,6 +191,12 @@ class Engine:
         if self.registry.get(key) is not state:  # deleted meanwhile
             return decision
         self._record(key, body, decision)
+        current = {**jobs, **{name: owned.job for name, owned in state.created.items()}}  # incl. just created
+        newest = max(current.values(), key=lambda j: (j.stage, j.attempt), default=None)
+        if newest is None or newest.terminal:
+            self.attempts.forget(key)
+        else:
+            self.attempts.set(key, newest.state)
         deadline = (decision.wake_at - now).total_seconds() if decision.wake_at is not None else None
         if deadline is not None and deadline < self.config.resync_seconds:
             self.scheduler.wake(key, deadline, fresh=False)  # what changes then is time, not the job
@@ -191,6 +204,16 @@ class Engine:
             self.scheduler.wake(key, self.config.resync_seconds, fresh=True)
         # A finished job needs no resync: only an edit or its deletion (both watch events) concern it.
         return decision
+
+    async def _identity_missing(self, namespace: str, status: dict[str, Any]) -> tuple[str, str] | None:
+        """(reason, message) when the trainer ServiceAccount is missing where a job has yet to start."""
+        account = self.config.trainer_service_account
+        if not account or any(int(s.get("attempts") or 0) for s in status.get("stages") or []) \
+                or self.identities.fresh(namespace):
+            return None
+        exists = await self._call(self.api.service_account_exists, namespace, account)
+        self.identities.record(namespace, exists)
+        return (TRAINER_IDENTITY_MISSING, missing_message(account, namespace)) if exists is False else None
 
     async def _create(self, state: JobState, namespace: str, manifest: dict[str, Any]) -> None:
         name = manifest["metadata"]["name"]

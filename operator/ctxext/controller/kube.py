@@ -18,6 +18,7 @@ from kubernetes import client
 from ctxext.api.base import GROUP, PLURAL, VERSION
 from ctxext.controller import metrics
 from ctxext.controller.builder import LABEL_JOB
+from ctxext.controller.identity import answer_of
 
 PTJ = ("kubeflow.org", "v1", "pytorchjobs")
 log = logging.getLogger("ctxext.controller")
@@ -31,8 +32,21 @@ def missing(exc: BaseException) -> bool:
 class KubeApi:
     """The requests a pass makes (see the module docstring)."""
 
-    def __init__(self, api: client.CustomObjectsApi):
-        self.api = api
+    def __init__(self, api: client.CustomObjectsApi, core: client.CoreV1Api | None = None):
+        self.api, self.core = api, core
+
+    def service_account_exists(self, namespace: str, name: str) -> bool | None:
+        """True / False, or None when this API server or our rights cannot tell (:mod:`.identity`)."""
+        if self.core is None:
+            return None
+        try:
+            self.core.read_namespaced_service_account(name, namespace)
+            return True
+        except client.ApiException as exc:
+            answer = answer_of(exc)
+            if answer is None:
+                log.debug("cannot tell whether ServiceAccount %s/%s exists: %s", namespace, name, exc.status)
+            return answer
 
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The CEJ, or None when it no longer exists."""

@@ -7,11 +7,14 @@ come from the trainer pods' own endpoints, which carry ``cej`` / ``cej_namespace
 
 from __future__ import annotations
 
+import platform
 import threading
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from ctxext import __version__
 from ctxext.api.job import Phase
+from ctxext.controller.observe import PRIORITY
 
 JOBS = Gauge("ctxext_jobs", "ContextExtensionJobs seen by this operator, by phase.", ["phase"])
 STAGE_TRANSITIONS = Counter("ctxext_stage_transitions_total",
@@ -23,6 +26,15 @@ STAGE_SECONDS = Histogram("ctxext_stage_duration_seconds",
                           "Wall time of a succeeded stage, first attempt start to success.",
                           buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800))
 PYTORCHJOBS_CREATED = Counter("ctxext_pytorchjobs_created_total", "PyTorchJobs created (one per stage attempt).")
+RECONCILE_ERRORS = Counter("ctxext_reconcile_errors_total",
+                           "Reconcile passes that failed on an API error (each is retried with a fresh read).")
+ATTEMPTS = Gauge("ctxext_stage_attempts", "The newest stage attempt of each unfinished ContextExtensionJob, by the "
+                 "state of its PyTorchJob (Pending, Created, Running, Restarting, Suspended).", ["state"])
+# Exported as 0 before the first failure, so that increase() (the CtxextStageFailed alert) sees the first one.
+for _before in ("Pending", "Running"):
+    STAGE_TRANSITIONS.labels(**{"from": _before, "to": "Failed"})
+BUILD_INFO = Gauge("ctxext_build_info", "The running operator (value 1).", ["version", "python_version"])
+BUILD_INFO.labels(version=__version__, python_version=platform.python_version()).set(1)
 
 _PHASES = [p.value for p in Phase]
 
@@ -38,15 +50,17 @@ class PhaseTracker:
     0
     """
 
-    def __init__(self) -> None:
+    def __init__(self, gauge: Gauge = JOBS, phases: list[str] | None = None, default: str = Phase.PENDING.value):
+        self._gauge, self._default = gauge, default
         self._phases: dict[str, str] = {}
-        self.counts: dict[str, int] = dict.fromkeys(_PHASES, 0)
+        phases = _PHASES if phases is None else phases
+        self.counts: dict[str, int] = dict.fromkeys(phases, 0)
         self._lock = threading.Lock()
-        for phase in _PHASES:
-            JOBS.labels(phase=phase).set(0)
+        for phase in phases:
+            gauge.labels(phase).set(0)
 
     def set(self, key: str, phase: str | None) -> None:
-        new = phase or Phase.PENDING.value
+        new = phase or self._default
         with self._lock:
             old = self._phases.get(key)
             if old == new:
@@ -64,7 +78,20 @@ class PhaseTracker:
         for phase, step in ((old, -1), (new, 1)):
             if phase is not None:
                 self.counts[phase] = self.counts.get(phase, 0) + step
-                JOBS.labels(phase=phase).set(self.counts[phase])
+                self._gauge.labels(phase).set(self.counts[phase])
+
+
+#: States of a stage attempt that has not finished (``ctxext_stage_attempts``).
+ATTEMPT_STATES = ["Pending", *(s for s in reversed(PRIORITY) if s not in ("Succeeded", "Failed"))]
+
+
+for _state in ATTEMPT_STATES:  # all 0 from the start: the series exist before the first job
+    ATTEMPTS.labels(_state).set(0)
+
+
+def attempt_tracker() -> PhaseTracker:
+    """Counts the newest unfinished attempt of each job by its PyTorchJob's state (``ctxext_stage_attempts``)."""
+    return PhaseTracker(ATTEMPTS, ATTEMPT_STATES)
 
 
 def serve(port: int) -> None:

@@ -42,6 +42,9 @@ class Inputs:
     start_deadline_seconds: float = 900.0
     """A PyTorchJob still Pending/Created this long after it was created (or resumed) gets a plain
     condition saying it has not started (unschedulable pods, an image that cannot be pulled, a missing volume)."""
+    blocked: tuple[str, str] | None = None
+    """(reason, message) of what keeps the first stage from starting at all, e.g. the trainer
+    ServiceAccount missing in the job's namespace; the job fails with it until it is mended."""
 
 
 @dataclass(frozen=True)

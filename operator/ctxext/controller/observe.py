@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ctxext.controller.builder import ANNOTATION_LR, LABEL_ATTEMPT, LABEL_STAGE
+from ctxext.controller.builder import ANNOTATION_LR, ANNOTATION_RESULT_KEY, LABEL_ATTEMPT, LABEL_STAGE
 
 #: Kind of the owner whose UID decides which PyTorchJobs are a ContextExtensionJob's own.
 OWNER_KIND = "ContextExtensionJob"
@@ -41,6 +41,8 @@ class ObservedJob:
     """UID of the ContextExtensionJob that controls it (ownerReferences); only its own jobs are adopted."""
     waiting_since: datetime | None = None
     """Since when it has been waiting to run: its creation, or the last time it was suspended or resumed."""
+    result_key: str | None = None
+    """The secret its trainer signs the stage result with (annotation ctxext.dev/result-key)."""
 
     @property
     def terminal(self) -> bool:
@@ -96,4 +98,5 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
     return ObservedJob(name=meta.get("name", ""), stage=_int(labels.get(LABEL_STAGE)),
                        attempt=_int(labels.get(LABEL_ATTEMPT)), state=state, message=message,
                        suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished,
-                       owner_uid=owner, waiting_since=since)
+                       owner_uid=owner, waiting_since=since,
+                       result_key=(meta.get("annotations") or {}).get(ANNOTATION_RESULT_KEY))

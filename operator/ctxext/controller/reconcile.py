@@ -17,6 +17,7 @@ from typing import Any
 
 from ctxext.api.base import API_VERSION, KIND
 from ctxext.api.job import ContextExtensionJob, ContextExtensionJobSpec
+from ctxext.controller.identity import TRAINER_IDENTITY_MISSING
 from ctxext.controller.model import (
     DEGRADED,
     FAILED,
@@ -37,6 +38,9 @@ from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
 from ctxext.planner import Plan, plan_curriculum
 
+#: Failures before any stage ran that a later pass lifts once they are mended (the spec fixed, the
+#: trainer identity created): the job then starts as if it had just been created.
+RECOVERABLE = ("InvalidSpec", TRAINER_IDENTITY_MISSING)
 NO_CLAIM_WARNING = ("spec.checkpoint.claimName is not set: checkpoints live in an emptyDir, which only works "
                     "with the local executor; set a PersistentVolumeClaim on a cluster")
 
@@ -125,7 +129,7 @@ def reconcile(inp: Inputs) -> Decision:
     out: dict[str, Any] = {k: status.get(k) for k in OPERATOR_FIELDS}
     stages = [dict(s) for s in status.get("stages") or []]
     started = any(int(s.get("attempts") or 0) > 0 for s in stages)
-    invalid_failure = ((_condition(status, FAILED) or {}).get("reason") == "InvalidSpec") and not started
+    invalid_failure = ((_condition(status, FAILED) or {}).get("reason") in RECOVERABLE) and not started
     terminal = status.get("phase") in ("Succeeded", "Failed") and not invalid_failure
     if terminal and status.get("conditions"):  # finished for good: an edit changes nothing, so nothing is observed
         d.status = out
@@ -154,6 +158,15 @@ def reconcile(inp: Inputs) -> Decision:
         d.status = out
         return d
 
+    if inp.blocked is not None and not started and not terminal:
+        reason, message = inp.blocked
+        out.update(phase="Failed", stages=stages)
+        for kind, value in ((FAILED, True), (READY, False), (PROGRESSING, False)):
+            if conds.set(kind, value, reason, message) and kind == FAILED:
+                d.events.append(Event("Warning", reason, message))
+        out["conditions"] = conds.to_list()
+        d.status = out
+        return d
     sp = StagePass(inp, inp.spec, d, len(stages))
     current: dict[str, Any] | None = None
     if inp.plan is not None and (status.get("baseline") or baseline_needed(inp.spec)):

@@ -8,6 +8,7 @@ import kopf
 
 from ctxext.config import OperatorConfig
 from ctxext.controller import metrics
+from ctxext.errors import SpecError
 
 
 class QuietEventHandlers(logging.Filter):
@@ -34,5 +35,12 @@ def run(settings: OperatorConfig, *, verbose: bool = False) -> None:
 
     metrics.serve(settings.metrics_port)
     liveness = f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None
-    kopf.run(standalone=True, clusterwide=not settings.namespaces, namespaces=settings.namespaces,
-             liveness_endpoint=liveness, memo=kopf.Memo(config=settings))
+    try:
+        kopf.run(standalone=True, clusterwide=not settings.namespaces, namespaces=settings.namespaces,
+                 liveness_endpoint=liveness, memo=kopf.Memo(config=settings))
+    except Exception as exc:
+        # A start-up handler refused to start (kopf.PermanentError, e.g. the CRD check): its own words
+        # as the command's one error, instead of kopf's "One or more handlers failed".
+        if isinstance(exc.__cause__, kopf.PermanentError):
+            raise SpecError([("", str(exc.__cause__))]) from None
+        raise

@@ -42,6 +42,7 @@ from ctxext.controller.model import (
 from ctxext.controller.observe import ObservedJob, format_time, parse_time
 from ctxext.decide import NextAttempt, Verdict, judge, next_attempt, stop_message
 from ctxext.naming import pytorchjob_name
+from ctxext.results import trusted_results
 
 WAIT, ADVANCE, FAILED = "wait", "advance", "failed"
 #: Preemptions of one stage that are resumed without spending a retry; more count as failures.
@@ -54,7 +55,9 @@ class StagePass:
     def __init__(self, inp: Inputs, spec: ContextExtensionJobSpec, decision: Decision, total: int):
         self.inp, self.spec, self.d, self.total = inp, spec, decision, total
         self.now = format_time(inp.now)
-        self.results: dict[str, Any] = inp.status.get("results") or {}
+        # Only results this attempt's trainer signed count (any trainer may patch any job's status).
+        self.results: dict[str, Any] = trusted_results(inp.status.get("results") or {},
+                                                       {j.name: j.result_key for j in inp.jobs})
         self.failure: tuple[str, str] | None = None  # (reason, message)
         self.degraded: str | None = None
         self.degraded_reason = "Retrying"

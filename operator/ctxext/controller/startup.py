@@ -6,6 +6,7 @@ object comes from :func:`ctxext.controller.runner.run` through kopf's memo (``me
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
@@ -13,6 +14,7 @@ import kopf
 from kubernetes import client, config
 
 from ctxext.config import OperatorConfig
+from ctxext.controller.crdcheck import CRD_NAME, check_served_crd
 from ctxext.controller.engine import API_THREADS, Engine
 from ctxext.controller.kube import KubeApi
 
@@ -53,6 +55,27 @@ def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
     # One HTTP connection per API thread, so that no request waits for a connection (or drops one).
     api_config = client.Configuration.get_default_copy()
     api_config.connection_pool_maxsize = API_THREADS
-    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(client.ApiClient(api_config))))
+    api_client = client.ApiClient(api_config)
+    if cfg.crd_check:
+        _check_crd(client.ApiextensionsV1Api(api_client), logger)
+    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(api_client), core=client.CoreV1Api(api_client)))
     logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
                 ", ".join(cfg.namespaces) or "all", cfg.resync_seconds)
+
+
+def _check_crd(ext: client.ApiextensionsV1Api, logger: Any) -> None:
+    """Stop (kopf.PermanentError: the operator exits) when the served CRD is not ours; see crdcheck."""
+    def read(name: str) -> Any:
+        response: Any = ext.read_custom_resource_definition(name, _preload_content=False)  # raw: no model classes
+        return json.loads(response.data)
+
+    try:
+        error = check_served_crd(read)
+    except client.ApiException as exc:
+        if exc.status != 403:
+            raise
+        logger.warning("cannot read CustomResourceDefinition %s (no rights in namespaced mode): make sure it is "
+                       "this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
+        return
+    if error:
+        raise kopf.PermanentError(error)  # kopf logs it and stops; runner.run reports it as the one error

@@ -1,0 +1,110 @@
+"""Chart pieces of issue 24, rendered by the real Helm engine: the PodMonitor's targets against the ports the
+operator declares, trainer image pull secrets reaching trainer pods, the trainer identity kept on uninstall,
+and the optional NetworkPolicies."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from ctxext.config import OperatorConfig
+from ctxext.manifest import job_from_object
+from tests.chart.rendering import ALL_ON, NAMESPACE, kinds, render
+from tests.unit.helpers import minimal
+from tests.unit.test_pytorchjob_builder import build, container
+
+
+def _targets(endpoint: dict[str, Any], pod: dict[str, Any], container_name: str = "pytorch") -> list[str]:
+    """Prometheus' kubernetes_sd (role pod) + the endpoint's relabelings: the port names that become targets.
+
+    Without ``port`` on the endpoint, prometheus-operator makes one target per declared container port; each
+    relabeling ``keep`` is a fully anchored regex over the joined source labels, as in Prometheus."""
+    targets = []
+    for port in pod["ports"]:
+        meta = {"__meta_kubernetes_pod_container_name": container_name, "__meta_kubernetes_pod_container_init": "false",
+                "__meta_kubernetes_pod_phase": "Running", "__meta_kubernetes_pod_container_port_name": port["name"]}
+        kept = True
+        for rule in endpoint["relabelings"]:
+            value = ";".join(meta.get(label, "") for label in rule.get("sourceLabels", []))
+            if rule.get("action") == "keep" and not re.fullmatch(rule["regex"], value):
+                kept = False
+        if kept:
+            targets.append(port["name"])
+    return targets
+
+
+@pytest.mark.parametrize(("resources", "metrics_port", "expected"), [
+    ({"gpusPerNode": 0, "processesPerNode": 1}, 9400, [9400]),           # a CPU job: one target, not eight
+    ({"gpusPerNode": 4}, 9400, [9400, 9401, 9402, 9403]),                 # a 4-GPU node
+    ({"gpusPerNode": 8}, 9800, list(range(9800, 9808))),                  # another spec.metrics.port
+])
+def test_pod_monitor_scrapes_exactly_the_declared_rank_ports(resources, metrics_port, expected):
+    [monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    spec = {"resources": resources, "metrics": {"port": metrics_port}}
+    if resources["gpusPerNode"] > 1:
+        spec["parallelism"] = {"sequenceParallel": resources["gpusPerNode"]}
+    trainer = container(build(job_from_object(minimal(**spec))))
+    names = _targets(endpoint, trainer)
+    ports = {p["name"]: p["containerPort"] for p in trainer["ports"]}
+    assert [ports[n] for n in names] == expected
+    assert "pytorchjob-port" not in names
+    assert _targets(endpoint, trainer, container_name="init-pytorch") == []  # Kubeflow's init container
+
+
+def test_trainer_image_pull_secrets_reach_the_trainer_pods():
+    [deployment] = kinds(render(ALL_ON), "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    config = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("CTXEXT_") and v is not None})
+    assert config.trainer_image_pull_secrets == ["nvcr", "mirror"]
+    pod = build(job_from_object(minimal(pod={"imagePullSecrets": ["team"]})), config=config)
+    assert pod["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["imagePullSecrets"] == [
+        {"name": "nvcr"}, {"name": "mirror"}, {"name": "team"}]
+    [default] = kinds(render(), "Deployment")
+    assert "CTXEXT_TRAINER_IMAGE_PULL_SECRETS" not in str(default)
+
+
+def test_trainer_identity_survives_uninstall_unless_told_otherwise():
+    def identity(values: dict[str, Any]) -> list[dict[str, Any]]:
+        return [o for o in render(values) if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")
+                and o["metadata"]["name"] == "ctxext-trainer"]
+
+    kept = identity(ALL_ON)
+    assert len(kept) == 9  # 3 namespaces × (ServiceAccount, Role, RoleBinding)
+    for obj in kept:
+        assert obj["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", obj["kind"]
+    assert kept[0]["metadata"]["annotations"]["iam.example.com/role"] == "trainer"  # user annotations stay
+    for obj in identity({"trainer": {"keepOnUninstall": False}}):
+        assert "helm.sh/resource-policy" not in (obj["metadata"].get("annotations") or {})
+
+
+def _rules_by_port(rules: list[dict[str, Any]]) -> set[tuple[str, Any]]:
+    return {(p.get("protocol", "TCP"), p["port"]) for r in rules for p in r.get("ports", [])}
+
+
+def test_network_policies_are_optional_and_allow_only_what_ctxext_needs():
+    assert not kinds(render(), "NetworkPolicy")
+    policies = {(p["metadata"]["namespace"], p["metadata"]["name"]): p["spec"] for p in kinds(render(ALL_ON),
+                                                                                               "NetworkPolicy")}
+    assert set(policies) == {(NAMESPACE, "ctxext"), ("team-a", "ctxext-trainer"), ("team-b", "ctxext-trainer"),
+                             ("team-c", "ctxext-trainer")}
+    monitoring = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    operator = policies[(NAMESPACE, "ctxext")]
+    assert operator["policyTypes"] == ["Ingress", "Egress"]
+    assert operator["ingress"] == [{"from": [monitoring], "ports": [{"port": "metrics", "protocol": "TCP"}]},
+                                   {"ports": [{"port": "healthz", "protocol": "TCP"}]}]
+    assert _rules_by_port(operator["egress"]) == {("UDP", 53), ("TCP", 53), ("TCP", 443), ("TCP", 6443)}
+    assert all("to" not in r for r in operator["egress"])
+    trainer = policies[("team-a", "ctxext-trainer")]
+    same_jobs = {"podSelector": {"matchExpressions": [{"key": "ctxext.dev/job", "operator": "Exists"}]}}
+    assert trainer["podSelector"] == same_jobs["podSelector"]
+    assert {"from": [same_jobs]} in trainer["ingress"]  # rendezvous and NCCL between the job's pods
+    assert {"from": [monitoring], "ports": [{"port": 1024, "endPort": 65535, "protocol": "TCP"}]} in trainer["ingress"]
+    assert {"to": [same_jobs]} in trainer["egress"]
+    assert {"to": [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "ports": [{"port": 9000, "protocol": "TCP"}]} in \
+        trainer["egress"]
+    anywhere = {p["metadata"]["name"]: p["spec"] for p in kinds(
+        render({"networkPolicy": {"enabled": True, "monitoringNamespace": ""}}), "NetworkPolicy")}
+    assert anywhere["ctxext"]["ingress"][0]["from"] == [{"namespaceSelector": {}}]
