@@ -42,9 +42,11 @@ from pydantic import ConfigDict, Field
 from ctxext.api.base import ApiModel
 
 RESULT_FILE = "result.json"
-REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel", "Error")
-#: Failures no retry can mend (the base model itself cannot be extended): the operator fails the job at once.
-PERMANENT_REASON_CODES = ("UnsupportedModel",)
+REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel", "WorldSizeChanged",
+                "Error")
+#: Failures no retry can mend (the base model itself cannot be extended; the stage's checkpoint was written
+#: by another number of processes): the operator fails the job at once.
+PERMANENT_REASON_CODES = ("UnsupportedModel", "WorldSizeChanged")
 
 
 class Health(ApiModel):

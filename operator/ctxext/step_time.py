@@ -6,6 +6,13 @@ drops the rest of the optimizer step and resumes it from the previous step — t
 checkpoint. So the grace period must cover one micro-batch, the optimizer step and one checkpoint
 write; at long sequence lengths one micro-batch alone takes far longer than 30 s.
 
+The pod's PID 1 is the torchrun agent (``python -m ctxext_trainer.launch``): Kubernetes signals only
+it. On SIGTERM the agent sends SIGTERM to its workers and SIGKILLs them after its shutdown timeout
+(torch.distributed.launcher ``LaunchConfig.shutdown_timeout``, from
+``TORCH_ELASTIC_SHUTDOWN_TIMEOUT``, 30 s when unset). The builder sets that variable to
+:func:`agent_shutdown_seconds` of the grace period, so the workers get the pod's whole grace
+period (less the agent's own exit) to reach their checkpoint.
+
 Estimates are deliberately pessimistic (a grace period that is too long costs nothing unless the
 pod hangs; one that is too short loses the work since the last checkpoint):
 
@@ -88,3 +95,19 @@ def termination_grace_seconds(step: StepTime | None) -> int:
     seconds = GRACE_MARGIN * (step.micro_batch + step.checkpoint) + GRACE_BASE_SECONDS
     minutes = math.ceil(seconds / 60) * 60
     return int(min(MAX_GRACE_SECONDS, max(MIN_GRACE_SECONDS, minutes)))
+
+
+#: Seconds of the grace period kept for the torchrun agent itself after its workers exit (teardown,
+#: rendezvous close, exit code): the workers get the rest.
+AGENT_EXIT_SECONDS = 10
+#: The environment variable torchrun's agent reads its worker shutdown timeout from.
+SHUTDOWN_TIMEOUT_ENV = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"
+
+
+def agent_shutdown_seconds(grace_seconds: int) -> int:
+    """The torchrun agent's SIGTERM → SIGKILL timeout for its workers, inside the pod's grace period.
+
+    >>> agent_shutdown_seconds(900), agent_shutdown_seconds(30)
+    (890, 20)
+    """
+    return max(1, grace_seconds - AGENT_EXIT_SECONDS)

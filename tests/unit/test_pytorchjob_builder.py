@@ -45,8 +45,8 @@ def container(body, replica="Master"):
     return body["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]["containers"][0]
 
 
-def env_of(body):
-    return {e["name"]: e.get("value") for e in container(body)["env"]}
+def env_of(body, replica="Master"):
+    return {e["name"]: e.get("value") for e in container(body, replica)["env"]}
 
 
 def test_single_node_stage_has_only_a_master_and_string_nproc():
@@ -186,3 +186,14 @@ def test_an_explicit_grace_period_wins():
     obj["spec"].setdefault("checkpoint", {})["terminationGracePeriodSeconds"] = 1800
     job = job_from_object(obj)
     assert {_grace(build(job, s)) for s in (1, 2, 3, 4)} == {1800}
+
+
+def test_the_torchrun_agent_gives_its_workers_the_grace_period():
+    """PID 1 is torchrun: it SIGKILLs the workers TORCH_ELASTIC_SHUTDOWN_TIMEOUT (30 s unset) after SIGTERM."""
+    job = job_from_object(example("llama3-8b-1m.yaml"))
+    plan = plan_curriculum(job.spec)
+    for s in plan.stages:
+        body = build_pytorchjob(job, plan, s.index)
+        for replica in body["spec"]["pytorchReplicaSpecs"]:
+            timeout = int(env_of(body, replica)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
+            assert timeout == _grace(body, replica) - 10 and timeout > 30

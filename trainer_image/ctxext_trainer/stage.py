@@ -33,6 +33,8 @@ from ctxext_trainer.loss import CausalLMTrainModule, sequence_parallel_loss_scal
 from ctxext_trainer.metrics import TrainerMetrics
 from ctxext_trainer.model_loading import LoadedModel, load_causal_lm, load_for_evaluation, resolve_model_path
 from ctxext_trainer.reporting import StatusReporter
+from ctxext_trainer.resume_check import REASON_CODE as WORLD_SIZE_CHANGED
+from ctxext_trainer.resume_check import WorldSizeChanged, check_resume_world_size
 from ctxext_trainer.rope import keep_rope_fp32
 from ctxext_trainer.sequence_parallel import setup_sequence_parallel
 from ctxext_trainer.speed import effective_zero_stage, runtime_report, sdpa_backends
@@ -101,6 +103,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         out.mkdir(parents=True, exist_ok=True)
     preempt = [False]
     signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__(0, True))
+    check_resume_world_size(checkpoint_root(config), topo.world_size, is_rank0=topo.is_rank0)  # before any load
     tokenizer = load_tokenizer(resolve_model_path(config.model_path))
     requested_zero = config.zero_stage
     config = config.model_copy(update={"zero_stage": effective_zero_stage(requested_zero, topo.world_size)})
@@ -198,6 +201,10 @@ def run_stage(config: StageConfig) -> int:
     except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help
         log.error("stage failed: %s", exc)
         _write_failure(config, topo, str(exc), "UnsupportedModel")
+        return exit_codes.BAD_CONFIG
+    except WorldSizeChanged as exc:  # every retry would fail the same way
+        log.error("stage failed: %s", exc)
+        _write_failure(config, topo, str(exc), WORLD_SIZE_CHANGED)
         return exit_codes.BAD_CONFIG
     except Exception as exc:
         log.exception("stage failed")

@@ -49,6 +49,11 @@ HOLD_FROM_STEP_ENV = "CTXEXT_HOLD_FROM_STEP"
 """Test hook: with CTXEXT_HOLD_FILE, hold only from this step on (a test acts at a known step, no race)."""
 SIGTERM_MID_STEP_ENV = "CTXEXT_SIGTERM_MID_STEP"
 """Test hook: rank 0 sends itself SIGTERM after the first micro-batch of these steps (``N[,M][@attempt]``)."""
+SLOW_STEP_ENV = "CTXEXT_SLOW_STEP"
+"""Test hook: these steps (``N[,M][@attempt]``) run ``$CTXEXT_SLOW_STEP_SECONDS`` longer after their
+micro-batches, counted again from a SIGTERM that arrives meanwhile: a step that outlasts torchrun's
+default 30 s shutdown timeout, as a 1M-token micro-batch does."""
+SLOW_STEP_SECONDS_ENV = "CTXEXT_SLOW_STEP_SECONDS"
 
 
 @dataclass
@@ -81,7 +86,8 @@ class LoopParts:
 
 
 def trainer_state(parts: LoopParts, step: int) -> dict[str, Any]:
-    return {"step": step, "data": parts.data.state.to_dict(), "guard": parts.guard.state_dict()}
+    return {"step": step, "data": parts.data.state.to_dict(), "guard": parts.guard.state_dict(),
+            "worldSize": parts.topo.world_size}
 
 
 def checkpoint_root(config: StageConfig) -> Path:
@@ -139,6 +145,15 @@ def _abandon_step(parts: LoopParts, state: LoopState, data_before: StreamState) 
     return state
 
 
+def _slow_step(flag: list[bool], seconds: float) -> None:
+    """Wait ``seconds``, restarting the wait when the SIGTERM flag goes up (the :data:`SLOW_STEP_ENV` hook)."""
+    end, seen = time.monotonic() + seconds, flag[0]
+    while time.monotonic() < end:
+        time.sleep(0.1)
+        if flag[0] and not seen:
+            end, seen = time.monotonic() + seconds, True
+
+
 def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     """Train from ``state.step`` to ``config.steps`` unless the guard stops or a preemption arrives."""
     config, engine, topo, guard = parts.config, parts.engine, parts.topo, parts.guard
@@ -149,6 +164,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
     nan_steps, spike_steps = (injected_steps(INJECT_NAN_ENV, config.attempt),
                               injected_steps(INJECT_SPIKE_ENV, config.attempt))
     sigterm_steps = injected_steps(SIGTERM_MID_STEP_ENV, config.attempt)
+    slow_steps = injected_steps(SLOW_STEP_ENV, config.attempt)
     engine.train()
     while state.step < config.steps:
         step_no = state.step + 1
@@ -170,6 +186,8 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
                     os.kill(os.getpid(), signal.SIGTERM)
                 if _agreed(parts.preempt_flag[0]):  # a SIGTERM mid-step: do not finish the step
                     return _abandon_step(parts, state, data_before)
+        if step_no in slow_steps:
+            _slow_step(parts.preempt_flag, float(os.environ.get(SLOW_STEP_SECONDS_ENV, "40")))
         # the guard's gradient statistics and the step's loss over all ranks: one all-reduce and one
         # host synchronisation per step, both known *before* the update
         stats = gradient_stats(named, zero, topo.rank, topo.world_size, extra=sums_dev)

@@ -30,6 +30,7 @@ from ctxext.controller.paths import pod_storage, stage_model_path, stage_output_
 from ctxext.naming import pytorchjob_name
 from ctxext.planner import Plan
 from ctxext.stage_config import ENV_VAR, ReportTarget, build_stage_config
+from ctxext.step_time import SHUTDOWN_TIMEOUT_ENV, agent_shutdown_seconds
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -116,6 +117,9 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
         {"name": "OMP_NUM_THREADS", "value": _omp_threads(spec.resources.cpu, planned.processes_per_node)},
         # Keep /metrics up for two scrape intervals after the stage so the final evaluation is scraped.
         {"name": "CTXEXT_METRICS_LINGER_SECONDS", "value": "60"},
+        # torchrun (PID 1) SIGKILLs its workers this long after SIGTERM: let them use the grace period
+        {"name": SHUTDOWN_TIMEOUT_ENV,
+         "value": str(agent_shutdown_seconds(planned.termination_grace_period_seconds))},
         *storage.env,
         *({"name": e.name, "value": e.value} for e in spec.env),
     ]
