@@ -32,9 +32,8 @@ from typing import Any
 from ctxext.effective_length import DEFAULT_THRESHOLD, effective_length_summary
 from ctxext.model_info import BUILTIN_DIR
 from ctxext_trainer.eval import metrics as eval_metrics
-from ctxext_trainer.eval.generate import greedy_generate, truncate_at_eos
+from ctxext_trainer.eval.generate import greedy_generate, own_attention, truncate_at_eos
 from ctxext_trainer.eval.haystack import SentencePool, read_corpus_texts
-from ctxext_trainer.eval.generate import own_attention
 from ctxext_trainer.eval.parallel import Split, gather, shard, split_of, world
 from ctxext_trainer.eval.perplexity import run_perplexity
 from ctxext_trainer.eval.sharded import sharded_greedy
