@@ -91,9 +91,11 @@ def _cache_of(out: Any) -> Any:
 
 
 @torch.no_grad()
+@own_attention()
 def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int
                     ) -> list[list[int]]:
-    """The ``max_new_tokens`` greedy continuation tokens of each prompt."""
+    """The ``max_new_tokens`` greedy continuation tokens of each prompt (padding masked, whatever
+    attention wrapper a training stage registered: :func:`own_attention`)."""
     lm = unwrap(model)
     ids, mask, pos = left_pad(prompts, pad_id, model_device(lm))
     name, cache = _cache_kwarg(lm), None
