@@ -17,8 +17,8 @@ sequence each), never the whole sequence's.
 Kernels: ``ring_flash_attn.zigzag_ring_flash_attn_func`` (the same zigzag layout, flash-attention
 blocks) on CUDA when that package is installed; otherwise this ring with the block kernels of
 :mod:`ctxext_trainer.ring_kernels` — torch's own flash-attention ops where a probe shows them right,
-else exact fp32 PyTorch. The kernel in use is reported by :func:`kernel_name` (logged and written to
-the stage result).
+else exact fp32 PyTorch (on CPU; on CUDA a failed probe is an error). The kernel in use is reported
+by :func:`kernel_name` (logged and written to the stage result).
 """
 
 from __future__ import annotations
