@@ -27,8 +27,22 @@ rotated q/k, attention output, the post-attention residual, and gate, up, act(ga
 Worked example, Llama-3-8B (Ψ = 8.03e9, h = 4096, I = 14336, kv = 1024, V = 128256) at 65,536
 tokens on 8 GPUs, sequenceParallel 8, ZeRO 3, checkpointing, bf16:
 states 16Ψ/8 = 14.96 GiB; s = 8192; inputs 32·8192·4096·2 = 2.00 GiB; one layer 2·8192·111616·2 =
-3.41 GiB; logits 4096·128256·10 = 4.89 GiB; gathered layers 0.81 GiB; runtime overhead 1.5 GiB →
-about 28.1 GiB (activations get 10% for allocator fragmentation).
+3.41 GiB; logits 4096·128256·10 = 4.89 GiB; gathered layers 0.81 GiB; DeepSpeed buffers 2.89 GiB
+(below); runtime overhead 1.5 GiB → about 31.0 GiB (activations get 10% for allocator fragmentation).
+
+Buffers the layer count above leaves out (:func:`ring_attention_bytes`, :func:`deepspeed_buffer_bytes`):
+
+* the zigzag ring (``ring > 1``): its fp32 saved outputs (``out`` + ``lse``) for every layer kept for
+  backward, and during one layer's backward fp32 dQ, fp32 dK/dV with their shift buffers, the next
+  K/V in flight and — with GQA — K/V expanded to the query heads and the expanded dK/dV in fp32;
+* DeepSpeed: the gradient reduce bucket(s) (``reduce_bucket_size``, 5e8 elements by default; two
+  with ``overlap_comm`` at ZeRO 2) and at ZeRO 3 the gathered lm_head weight with its full gradient
+  before the reduce-scatter.
+
+For the 1M stage of ``examples/llama3-8b-1m.yaml`` (SP 32 = Ulysses 8 × ring 4, s = 32,768) the ring
+adds 0.50 GiB saved + 3.13 GiB transient (2.0 GiB of it the GQA expansion) and ZeRO 3 adds 0.93 GiB
+of reduce bucket + 1.96 GiB of lm_head gather. Headroom: the planner refuses a stage above
+``gpuMemoryGiB``, warns above 90% of it, and picks selective checkpointing to fit 90%.
 
 ``bench/planner_memory.py`` compares this with measured peaks of the real trainer on CPU.
 """
@@ -49,6 +63,8 @@ RUNTIME_OVERHEAD_GIB = 1.5
 #: A CPU rank (torch, DeepSpeed, gloo) before the model is built: 0.38–0.52 GiB measured.
 CPU_RUNTIME_OVERHEAD_GIB = 0.5
 FRAGMENTATION = 1.10
+#: DeepSpeed's default ``reduce_bucket_size`` (elements); the trainer's config leaves it unset.
+REDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
 def parameter_count(arch: ModelArchitecture, head_dim: int | None = None) -> int:
@@ -78,13 +94,71 @@ class MemoryEstimate:
     activations: float
     logits: float
     overhead: float
+    attention: float = 0.0
+    """Ring-attention buffers (:func:`ring_attention_bytes`), fragmentation included."""
+    buffers: float = 0.0
+    """DeepSpeed's reduce buckets and the ZeRO-3 lm_head gather (:func:`deepspeed_buffer_bytes`)."""
 
     @property
     def total(self) -> float:
-        return self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+        return (self.weights + self.gradients + self.optimizer + self.activations + self.logits + self.overhead
+                + self.attention + self.buffers)
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in {**asdict(self), "total": self.total}.items()}
+
+
+def ring_attention_bytes(arch: ModelArchitecture, *, tokens: int, ring: int, saved_layers: int, act_bytes: int,
+                         head_dim: int | None = None) -> tuple[float, float]:
+    """(saved, transient) bytes of the zigzag ring on one rank holding ``tokens`` local tokens.
+
+    saved = layers kept for backward × (4·s·q + 4·s·heads)       fp32 out and lse
+    transient (one layer's backward) = 4·s·q                     fp32 dQ
+        + 16·s·kv                                               fp32 dK, dV and their shift buffers
+        + 2·a·s·kv                                              next K/V in flight
+        + (4·a + 8)·s·q  (GQA only)                             K/V and dK/dV expanded to the query heads
+    with q = heads·d and kv = kvHeads·d (the Ulysses split leaves s·q per rank unchanged). No ring: (0, 0).
+
+    >>> a = ModelArchitecture(num_layers=32, hidden_size=4096, intermediate_size=14336,
+    ...     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+    >>> [round(b / GIB, 3) for b in ring_attention_bytes(a, tokens=32768, ring=4, saved_layers=1, act_bytes=2)]
+    [0.504, 3.125]
+    """
+    if ring <= 1:
+        return 0.0, 0.0
+    heads = arch.num_attention_heads
+    d = head_dim or arch.hidden_size // heads
+    q, kv = heads * d, (arch.num_key_value_heads or heads) * d
+    s = tokens
+    saved = saved_layers * (4 * s * q + 4 * s * heads)
+    gqa = (4 * act_bytes + 8) * s * q if q != kv else 0
+    return float(saved), float(4 * s * q + 16 * s * kv + 2 * act_bytes * s * kv + gqa)
+
+
+def deepspeed_buffer_bytes(arch: ModelArchitecture, params: int, *, zero_stage: int, on_gpu: bool,
+                           weight_bytes: int) -> float:
+    """DeepSpeed's gradient reduce bucket(s) and, at ZeRO 3, the gathered lm_head with its full gradient.
+
+    The bucket holds ``reduce_bucket_size`` elements in the model dtype (ZeRO 2 and 3; two at ZeRO 2
+    on GPU, where ``overlap_comm`` double-buffers; on CPU only the pages a model fills are touched,
+    so at most its parameter count). ZeRO 1 on GPU runs DeepSpeed's bf16 optimizer: no bucket (its
+    fp32 gradient buffer is counted with the gradients); ZeRO 0: none.
+
+    >>> a = ModelArchitecture(num_layers=32, hidden_size=4096, intermediate_size=14336,
+    ...     num_attention_heads=32, num_key_value_heads=8, vocab_size=128256)
+    >>> round(deepspeed_buffer_bytes(a, 8030261248, zero_stage=3, on_gpu=True, weight_bytes=2) / GIB, 2)  # 0.93 + 1.96
+    2.89
+    >>> round(deepspeed_buffer_bytes(a, 8030261248, zero_stage=2, on_gpu=True, weight_bytes=2) / GIB, 2)
+    1.86
+    """
+    if zero_stage == 0 or (zero_stage == 1 and on_gpu):
+        return 0.0
+    elements = REDUCE_BUCKET_ELEMENTS if on_gpu else min(REDUCE_BUCKET_ELEMENTS, params)
+    buckets = 2 if (on_gpu and zero_stage == 2) else 1
+    total = buckets * elements * weight_bytes
+    if zero_stage >= 3:
+        total += 2 * arch.vocab_size * arch.hidden_size * weight_bytes
+    return float(total)
 
 
 def estimate_memory(
@@ -99,11 +173,12 @@ def estimate_memory(
     on_gpu: bool,
     head_dim: int | None = None,
     checkpointed_layers: int | None = None,
+    ring_degree: int = 1,
 ) -> MemoryEstimate:
     """Peak memory of one rank for one stage (see the module docstring for the model).
 
     ``checkpointed_layers`` (with ``activation_checkpointing``): how many decoder layers recompute
-    in backward; None = all of them."""
+    in backward; None = all of them. ``ring_degree``: the zigzag ring's share of ``sequence_parallel``."""
     n = parameter_count(arch, head_dim)
     w_b, g_b, o_b, act_b = (2, 2, 12, 2) if on_gpu else (4, 4, 8, 4)
     world = max(1, world_size)
@@ -127,8 +202,12 @@ def estimate_memory(
     if activation_checkpointing:
         c = arch.num_layers if checkpointed_layers is None else max(0, min(checkpointed_layers, arch.num_layers))
         acts = (c * s * h + (arch.num_layers - c) * s * per_token_layer + 2 * s * per_token_layer) * act_b
+        saved_layers = arch.num_layers - c + 1
     else:
         acts = arch.num_layers * s * per_token_layer * act_b
+        saved_layers = arch.num_layers
+    ring_saved, ring_transient = ring_attention_bytes(arch, tokens=s, ring=ring_degree, saved_layers=saved_layers,
+                                                      act_bytes=act_b, head_dim=head_dim)
     logits = min(s, LOSS_CHUNK_TOKENS) * v * (act_b + 8)
     return MemoryEstimate(
         weights=(w + gathered) / GIB,
@@ -137,4 +216,6 @@ def estimate_memory(
         activations=acts * FRAGMENTATION / GIB,
         logits=logits / GIB,
         overhead=RUNTIME_OVERHEAD_GIB if on_gpu else CPU_RUNTIME_OVERHEAD_GIB,
+        attention=(ring_saved + ring_transient) * FRAGMENTATION / GIB,
+        buffers=deepspeed_buffer_bytes(arch, n, zero_stage=zero_stage, on_gpu=on_gpu, weight_bytes=w_b) / GIB,
     )

@@ -9,7 +9,8 @@ world / sequenceParallel, sequenceParallel = Ulysses × ring: :mod:`ctxext.sp_la
 ``tokensPerStep = seqLen · batchSize · gradientAccumulation · DP``, the activation-checkpointed
 layers (selective: the fewest that fit on GPU) and a memory estimate (:mod:`ctxext.memory`). A
 stage whose estimate exceeds ``gpuMemoryGiB`` is an error quoting the numbers; one above
-:data:`TIGHT_FRACTION` of it is a warning.
+:data:`TIGHT_FRACTION` of it is a warning. So is a stage whose evaluation (the whole model on each
+rank, long lengths sharded over the sequence-parallel ranks: :mod:`ctxext.eval_memory`) does not fit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ctxext.api.job import ContextExtensionJobSpec
 from ctxext.api.spec import ModelArchitecture
 from ctxext.api.validation import spec_rule_violations
 from ctxext.errors import SpecError
+from ctxext.eval_memory import EvalMemoryEstimate, peak_eval_memory
 from ctxext.memory import GIB, SINGLE_RANK_ZERO_STAGE, MemoryEstimate, estimate_memory
 from ctxext.model_info import ModelInfo, resolve_model_info
 from ctxext.sp_layout import LayoutError, SPLayout, choose_layout, length_problem
@@ -80,6 +82,8 @@ class PlannedStage(_Out):
     """Pod grace period between SIGTERM and SIGKILL: spec.checkpoint's, else from the step-time estimate."""
     estimated_memory_gib: float | None = Field(alias="estimatedMemoryGiB")
     memory_breakdown_gib: dict[str, float] | None = Field(default=None, alias="memoryBreakdownGiB")
+    estimated_eval_memory_gib: float | None = Field(default=None, alias="estimatedEvalMemoryGiB")
+    """Peak per rank of the stage's evaluation at its most demanding length (:mod:`ctxext.eval_memory`)."""
 
 
 class Plan(_Out):
@@ -160,6 +164,25 @@ def _sp_layout(s: Any, path: str, par: Any, sp: int, info: ModelInfo) -> SPLayou
         raise SpecError([(field, str(exc))]) from None
 
 
+def _check_eval_memory(spec: ContextExtensionJobSpec, arch: ModelArchitecture, i: int, l0: int, lengths: list[int],
+                       sp: int, on_gpu: bool, head_dim: int | None) -> EvalMemoryEstimate | None:
+    """The stage's evaluation peak per rank; a :class:`SpecError` when it exceeds ``gpuMemoryGiB`` on GPU.
+    Lengths as the trainer evaluates them: ``evaluation.lengths``, else L0 and the stage lengths so far."""
+    if not spec.evaluation.enabled:
+        return None
+    evaluated = sorted(set(spec.evaluation.lengths or [l0, *lengths[:i + 1]]))
+    peak = peak_eval_memory(arch, evaluated, sequence_parallel=sp, original_length=l0, on_gpu=on_gpu,
+                            head_dim=head_dim)
+    if peak is not None and on_gpu and peak.total > spec.resources.gpu_memory_gib:
+        how = f"sharded over sequenceParallel {sp}" if peak.sharded else "one sequence per GPU"
+        field = "spec.evaluation.lengths" if spec.evaluation.lengths else "spec.parallelism.sequenceParallel"
+        raise SpecError([(field, (
+            f"stage {i + 1}'s evaluation at length {peak.length} ({how}) needs about {peak.total:.1f} GiB per "
+            f"GPU but gpuMemoryGiB is {spec.resources.gpu_memory_gib:g} ({peak.describe()}): raise the "
+            "stage's sequenceParallel, evaluate shorter lengths (spec.evaluation.lengths), or disable evaluation"))])
+    return peak
+
+
 def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None) -> Plan:
     """Plan every stage of ``spec``; raises :class:`SpecError` naming the field on any problem."""
     problems = spec_rule_violations(spec)
@@ -233,13 +256,13 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
                             f"{layout.ulysses // layout.kv_heads}x; the automatic split (ringDegree unset) keeps "
                             "Ulysses within the KV heads")
         batch, accum = pick("batch_size"), pick("gradient_accumulation")
-        estimate, timing, ckpt_layers = None, None, None
+        estimate, timing, ckpt_layers, evaluation = None, None, None, None
         zero = min(par.zero_stage, SINGLE_RANK_ZERO_STAGE) if world == 1 else par.zero_stage
         if info.architecture is not None:
             estimate_at = functools.partial(
                 _estimate, info.architecture, seq_len=seq_len, batch_size=batch, world_size=world,
                 sequence_parallel=sp, zero_stage=zero, activation_checkpointing=par.activation_checkpointing,
-                on_gpu=on_gpu, head_dim=info.head_dim)
+                on_gpu=on_gpu, head_dim=info.head_dim, ring_degree=layout.ring)
             def total_at(c: int, est: Callable[[int | None], MemoryEstimate] = estimate_at) -> float:
                 return est(c).total
 
@@ -257,11 +280,13 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
                 raise SpecError([("spec.resources.gpuMemoryGiB", (
                     f"stage {i + 1} (seqLen {seq_len}) needs about {total:.1f} GiB per GPU but gpuMemoryGiB is "
                     f"{res.gpu_memory_gib:g} (states {estimate.weights + estimate.gradients + estimate.optimizer:.1f}"
-                    f", activations {estimate.activations:.1f}, logits {estimate.logits:.1f} GiB): use more "
+                    f", activations {estimate.activations:.1f}, logits {estimate.logits:.1f}, buffers "
+                    f"{estimate.attention + estimate.buffers:.1f} GiB): use more "
                     "nodes, a higher sequenceParallel or zeroStage, or activation checkpointing"))])
             if on_gpu and total > TIGHT_FRACTION * res.gpu_memory_gib:
                 warnings.append(f"stage {i + 1} (seqLen {seq_len}) is tight: about {total:.1f} of "
                                 f"{res.gpu_memory_gib:g} GiB per GPU")
+            evaluation = _check_eval_memory(spec, info.architecture, i, l0, lengths, sp, on_gpu, info.head_dim)
         stages.append(PlannedStage(
             index=i + 1, seq_len=seq_len, rope_theta=theta,
             ntk_alpha=(alpha if alpha is not None else seq_len / l0) if cur.theta_rule == "ntk" else None,
@@ -277,6 +302,7 @@ def plan_curriculum(spec: ContextExtensionJobSpec, info: ModelInfo | None = None
             termination_grace_period_seconds=_grace(spec, timing),
             estimated_memory_gib=round(estimate.total, 2) if estimate else None,
             memory_breakdown_gib=estimate.as_dict() if estimate else None,
+            estimated_eval_memory_gib=round(evaluation.total, 2) if evaluation else None,
         ))
     for a, b in itertools.pairwise(stages):
         if b.rope_theta < a.rope_theta:

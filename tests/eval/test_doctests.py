@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["ctxext.gates", "ctxext.cli.eval_cmds", "ctxext_trainer.eval.haystack", "ctxext_trainer.eval.tasks",
-           "ctxext_trainer.eval.parallel", "ctxext_trainer.eval.perplexity", "ctxext_trainer.eval.generate"]
+           "ctxext_trainer.eval.parallel", "ctxext_trainer.eval.perplexity", "ctxext_trainer.eval.generate",
+           "ctxext_trainer.eval.sharded"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -94,6 +94,22 @@ def test_the_aten_kernel_is_chosen_only_where_its_probe_agrees_with_math(monkeyp
     assert ring_kernels.kernel_for(torch.device("cpu"), torch.float32) is AtenKernel
 
 
+def test_on_cuda_a_failed_probe_is_an_error_not_a_silent_fallback(monkeypatch):
+    # The probe's verdict on a CUDA device (this machine has none): the aten ops disagree with math.
+    monkeypatch.setattr(ring_kernels, "_probe", lambda *a: "differs from the math kernel by 5.00e-01 (causal=True)")
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    with pytest.raises(ring_kernels.RingKernelUnavailable) as err:
+        ring_kernels.kernel_for(torch.device("cuda", 0), torch.bfloat16)
+    message = str(err.value)
+    assert "fail their check on cuda/bfloat16 (differs from the math kernel by 5.00e-01" in message
+    assert f"{ring_kernels.KERNEL_ENV}=math" in message and "run out of memory" in message
+    monkeypatch.setenv(ring_kernels.KERNEL_ENV, "math")  # the user's explicit choice is honoured
+    assert ring_kernels.kernel_for(torch.device("cuda", 0), torch.bfloat16) is MathKernel
+    monkeypatch.delenv(ring_kernels.KERNEL_ENV)
+    monkeypatch.setattr(ring_kernels, "_CHOSEN", {})
+    assert ring_kernels.kernel_for(torch.device("cpu"), torch.float32) is MathKernel  # CPU: slow, still fits
+
+
 class _ThreadRing:
     """:class:`ctxext_trainer.ring_attention.RingComm` for ring ranks running as threads: the n-th
     receive a rank posts gets the n-th message its predecessor sent, as point-to-point messages

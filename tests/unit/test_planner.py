@@ -71,14 +71,16 @@ def test_tight_memory_is_a_warning():
 def test_selective_checkpointing_recomputes_the_fewest_layers_that_fit():
     stages = plan_of(example("llama3-8b-1m.yaml")).stages  # 48 GiB GPUs, 32 layers
     every = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 1.0)).stages
-    for s, e in zip(stages, every, strict=True):
+    for s, e in zip(stages[:3], every, strict=False):
         assert s.checkpointed_layers is not None and 0 < s.checkpointed_layers < 32
         assert e.estimated_memory_gib < s.estimated_memory_gib <= 0.9 * 48
+    # The 1M stage needs every layer checkpointed once the ring's buffers are counted (ctxext.memory).
+    assert stages[3].checkpointed_layers == 32 and stages[3].estimated_memory_gib <= 0.9 * 48
     roomy = plan_of(with_path(example("llama3-8b-1m.yaml"), "spec.resources.gpuMemoryGiB", 4000)).stages
     assert {s.checkpointed_layers for s in roomy} == {0}
     half = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 0.5)
     assert {s.checkpointed_layers for s in plan_of(with_path(half, "spec.resources.gpuMemoryGiB", 4000)).stages} == {16}
-    with pytest.raises(SpecError, match=r"needs about 57\.0 GiB per GPU but gpuMemoryGiB is 48"):
+    with pytest.raises(SpecError, match=r"needs about 59\.9 GiB per GPU but gpuMemoryGiB is 48"):
         plan_of(half)  # an explicit fraction is kept, and then the 64K stage does not fit
 
 

@@ -112,6 +112,8 @@ def load_for_evaluation(model_dir: str | Path, *, device: str) -> Any:
     model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=training_dtype(device),
                                                       attn_implementation=attention_implementation(device),
                                                       local_files_only=True)
+    model.config.use_cache = False  # the export says True for inference servers; evaluation asks for a cache only
+    # where it decodes (eval.generate), never for losses
     if device == "cuda":
         model = model.to(torch.device("cuda", torch.cuda.current_device()))
     return model.eval()

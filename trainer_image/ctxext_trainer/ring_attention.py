@@ -17,13 +17,15 @@ sequence each), never the whole sequence's.
 Kernels: ``ring_flash_attn.zigzag_ring_flash_attn_func`` (the same zigzag layout, flash-attention
 blocks) on CUDA when that package is installed; otherwise this ring with the block kernels of
 :mod:`ctxext_trainer.ring_kernels` — torch's own flash-attention ops where a probe shows them right,
-else exact fp32 PyTorch. The kernel in use is reported by :func:`kernel_name` (logged and written to
-the stage result).
+else exact fp32 PyTorch (on CPU; on CUDA a failed probe is an error). The kernel in use is reported
+by :func:`kernel_name` (logged and written to the stage result).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,7 +35,7 @@ from ctxext_trainer.ring_kernels import kernel_for
 from ctxext_trainer.zigzag import Block, merge_into, ring_block
 
 NAME = "ctxext_ring"
-_RING: dict[str, Any] = {"group": None}
+_RING: dict[str, Any] = {"group": None, "eval_group": None}
 
 
 class RingComm:
@@ -147,15 +149,20 @@ def ring_attention_forward(module: Any, query: torch.Tensor, key: torch.Tensor, 
                            **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention interface: q (b, h, s, d), k/v (b, h_kv, s, d) → ((b, s, h, d), None).
 
-    Outside training (or with no ring configured) it is plain causal sdpa over what it is given.
+    Outside training (or with no ring configured) it is plain sdpa over what it is given, with its
+    mask; inside :func:`sharded_evaluation` it is the ring's forward over that group, without autograd.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    group = _RING["group"]
-    if group is None or not module.training or dist.get_world_size(group) == 1:
-        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling,
+    evaluating = _RING["eval_group"] is not None
+    group = _RING["eval_group"] if evaluating else _RING["group"]
+    if group is None or not (module.training or evaluating) or dist.get_world_size(group) == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **{k: v for k, v in kwargs.items() if k != "is_causal"})
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if evaluating and not torch.is_grad_enabled() and not _flash_ring_available(query.device):
+        out, _ = ring_forward(query, key, value, scale, RingComm(group))  # no saved tensors, fp32 out freed here
+        return out.to(query.dtype).transpose(1, 2).contiguous(), None
     if _flash_ring_available(query.device):
         from ring_flash_attn import zigzag_ring_flash_attn_func
 
@@ -176,3 +183,22 @@ def register(group: Any) -> None:
 
 def unregister() -> None:
     _RING["group"] = None
+
+
+@contextlib.contextmanager
+def sharded_evaluation(model: Any, group: Any) -> Iterator[None]:
+    """Inside: ``model`` (eval mode, no grad) attends through the ring over ``group`` — each rank
+    passes its zigzag shard of one sequence (:func:`ctxext_trainer.zigzag.shard_indices`, ring =
+    the group, Ulysses 1) with the global ``position_ids``. On exit the model's own attention is back.
+    """
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, ring_attention_forward)
+    own = model.config._attn_implementation
+    _RING["eval_group"] = group
+    model.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        _RING["eval_group"] = None
+        model.set_attn_implementation(own)

@@ -12,8 +12,12 @@ k, v, out, lse, causal, scale) → (dq, dk, dv)``, q (b, h, s, d), k/v (b, h_kv,
 
 :func:`kernel_for` picks ``aten`` when a one-off probe (a small random block, forward and backward,
 against ``math``) passes on this device and dtype, else ``math`` — private ATen ops can change
-between torch versions, and a silent wrong gradient is worse than a slow one.
-``CTXEXT_RING_KERNEL=math|aten`` forces one.
+between torch versions, and a silent wrong gradient is worse than a slow one. On CUDA a failed probe
+is an error (:class:`RingKernelUnavailable`), not a fallback: ``math`` materialises fp32 scores of
+``QUERY_CHUNK`` queries × the whole K/V block (at 1M over Ulysses 8 × ring 4: 4096 × 262,144 × 4 B
+per head, 16 GiB for a rank's 4 heads, and again for the exp), a certain out-of-memory at long
+lengths that a warning would only announce. ``CTXEXT_RING_KERNEL=math|aten`` forces one (``math`` on CUDA: short
+stages, or to debug).
 """
 
 from __future__ import annotations
@@ -155,6 +159,10 @@ def _probe(kernel: Any, device: torch.device, dtype: torch.dtype) -> str | None:
     return None
 
 
+class RingKernelUnavailable(RuntimeError):
+    """torch's flash-attention ops fail their probe on CUDA, and the exact kernel would not fit."""
+
+
 def kernel_for(device: torch.device, dtype: torch.dtype) -> Any:
     """The block kernel for ``device``/``dtype`` (probed once per pair; see the module docstring)."""
     key = (device.type, dtype)
@@ -164,6 +172,13 @@ def kernel_for(device: torch.device, dtype: torch.dtype) -> Any:
             _CHOSEN[key] = MathKernel if forced == "math" else AtenKernel
         else:
             problem = _probe(AtenKernel, device, dtype)
+            if problem and device.type == "cuda":
+                raise RingKernelUnavailable(
+                    f"ring attention: torch {torch.__version__}'s flash-attention ops fail their check on "
+                    f"{device.type}/{str(dtype).removeprefix('torch.')} ({problem}); the exact PyTorch kernel "
+                    f"would hold fp32 scores of {QUERY_CHUNK} queries x every key of a ring block and run out "
+                    f"of memory at long lengths. Use a trainer image whose torch has working flash-attention "
+                    f"ops, or set {KERNEL_ENV}=math to run the exact kernel anyway (short stages only)")
             if problem:
                 log.warning("ring attention: torch's flash-attention ops unusable on %s/%s (%s); using the exact "
                             "PyTorch kernel", device.type, dtype, problem)

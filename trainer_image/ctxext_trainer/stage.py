@@ -58,8 +58,10 @@ def _set_lr_after_resume(engine: Any, config: StageConfig, step: int) -> None:
         group["lr"] = config.learning_rate * factor
 
 
-def _evaluate(model_path: Path, tokenizer: Any, config: StageConfig, topo: Topology, registry: Any) -> dict[str, Any]:
-    """Evaluate the exported model on every rank (the evaluation splits the samples across ranks)."""
+def _evaluate(model_path: Path, tokenizer: Any, config: StageConfig, topo: Topology, registry: Any,
+              sequence_group: Any = None) -> dict[str, Any]:
+    """Evaluate the exported model on every rank (the evaluation splits the samples across ranks, and
+    shards each sequence longer than L0 over ``sequence_group``, the stage's sequence-parallel ranks)."""
     if not config.evaluation.enabled:
         return {}
     from ctxext_trainer.eval.stage import evaluate_stage  # owned by the evaluation package; lazy on purpose
@@ -67,7 +69,7 @@ def _evaluate(model_path: Path, tokenizer: Any, config: StageConfig, topo: Topol
     model = load_for_evaluation(model_path, device=config.device)
     with torch.no_grad():
         return dict(evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir),
-                                   is_rank0=topo.is_rank0, registry=registry))
+                                   is_rank0=topo.is_rank0, registry=registry, sequence_group=sequence_group))
 
 
 def _release(engine: Any, loaded: LoadedModel) -> None:
@@ -157,7 +159,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
             model_path = export_model(engine, loaded.model, tokenizer, out, zero_stage=config.zero_stage,
                                       is_rank0=topo.is_rank0)
             _release(engine, loaded)
-            evaluation = _evaluate(model_path, tokenizer, config, topo, metrics.job_registry)
+            evaluation = _evaluate(model_path, tokenizer, config, topo, metrics.job_registry, sp.sequence_group)
         if state.stop is not None:
             status, reason, code, rc = "Failed", state.stop.message, state.stop.code, exit_codes.GUARD_STOP
         elif state.preempted:

@@ -1,4 +1,5 @@
-"""Batched greedy decoding with a KV cache, and batched next-token losses, for any HF causal LM.
+"""Batched greedy decoding with a KV cache (prefilled in chunks), and batched next-token losses
+without one, for any HF causal LM.
 
 Prompts of a batch are left-padded; positions count real tokens only, so a padded prompt sees the
 same RoPE positions as it would alone::
@@ -13,8 +14,9 @@ gathers weights collectively.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +24,27 @@ import torch.nn.functional as F
 
 LOSS_CHUNK = 1024
 """Positions per chunk when projecting hidden states to the vocabulary (bounds logits memory)."""
+PREFILL_CHUNK = 4096
+"""Prompt tokens per forward when prefilling the KV cache (bounds the MLP intermediates)."""
+
+
+@contextlib.contextmanager
+def own_attention() -> Iterator[None]:
+    """Inside: every attention implementation is transformers' own again.
+
+    DeepSpeed-Ulysses (``register_with_transformers``) replaces the core implementation (``sdpa``,
+    or the ring) process-wide with a wrapper that sets the attention mask to None — in eval mode too
+    (``disable_in_eval`` only skips the all-to-all). A left-padded batch would then attend to its pads.
+    The replacement sits in the process-wide interface's local overrides; they are set aside here.
+    """
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    overrides = dict(ALL_ATTENTION_FUNCTIONS._local_mapping)
+    ALL_ATTENTION_FUNCTIONS._local_mapping.clear()
+    try:
+        yield
+    finally:
+        ALL_ATTENTION_FUNCTIONS._local_mapping.update(overrides)
 
 
 def unwrap(model: Any) -> Any:
@@ -68,13 +91,19 @@ def _cache_of(out: Any) -> Any:
 
 
 @torch.no_grad()
+@own_attention()
 def greedy_generate(model: Any, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, pad_id: int
                     ) -> list[list[int]]:
-    """The ``max_new_tokens`` greedy continuation tokens of each prompt."""
+    """The ``max_new_tokens`` greedy continuation tokens of each prompt (padding masked, whatever
+    attention wrapper a training stage registered: :func:`own_attention`)."""
     lm = unwrap(model)
     ids, mask, pos = left_pad(prompts, pad_id, model_device(lm))
-    out = lm(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache, name = _cache_of(out), _cache_kwarg(lm)
+    name, cache = _cache_kwarg(lm), None
+    for start in range(0, ids.shape[1], PREFILL_CHUNK):  # chunked prefill: one chunk's MLP intermediates
+        end = start + PREFILL_CHUNK
+        out = lm(input_ids=ids[:, start:end], attention_mask=mask[:, :end], position_ids=pos[:, start:end],
+                 use_cache=True, logits_to_keep=1, **({name: cache} if cache is not None else {}))
+        cache = _cache_of(out)
     next_tok = out.logits[:, -1, :].argmax(-1)
     generated = [next_tok]
     for _ in range(max_new_tokens - 1):
@@ -109,9 +138,9 @@ def token_losses(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
     input_ids = input_ids.to(model_device(lm))
     base, head = getattr(lm, "base_model", None), lm.get_output_embeddings()
     if base is None or base is lm or head is None:  # no separate trunk: plain forward
-        logits = lm(input_ids=input_ids).logits[:, :-1].float()
+        logits = lm(input_ids=input_ids, use_cache=False).logits[:, :-1].float()
         return F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")
-    hidden = base(input_ids=input_ids).last_hidden_state[:, :-1]
+    hidden = base(input_ids=input_ids, use_cache=False).last_hidden_state[:, :-1]
     targets = input_ids[:, 1:]
     parts = []
     for start in range(0, hidden.shape[1], LOSS_CHUNK):

@@ -18,14 +18,15 @@ the bucket width end with a shorter bucket.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from ctxext_trainer.eval.generate import token_losses
-from ctxext_trainer.eval.parallel import gather, shard
+from ctxext_trainer.eval.parallel import Split, gather, shard
+from ctxext_trainer.eval.sharded import sharded_token_losses
 from ctxext_trainer.tokenizer import Tokenizer
 
 _CHUNK_CHARS = 20_000
@@ -91,19 +92,26 @@ def sequence_loss(nll: torch.Tensor, *, length: int, index: int, width: int) -> 
 
 
 def run_perplexity(model: Any, tokenizer: Tokenizer, texts: Sequence[str], *, lengths: Sequence[int], count: int,
-                   bucket_width: int, rank: int, world_size: int, tokens_per_batch: int
+                   bucket_width: int, rank: int, world_size: int, tokens_per_batch: int,
+                   split: Callable[[int], Split] | None = None
                    ) -> tuple[dict[int, float], dict[int, list[dict[str, float]]]]:
-    """(perplexity by length, position-loss buckets by length); lengths without text are left out."""
+    """(perplexity by length, position-loss buckets by length); lengths without text are left out.
+    ``split(length)``: how that length's sequences are spread (default: each rank alone)."""
     longest = max(lengths)
     pool = packed_sequences(texts, tokenizer, length=longest, count=count)
     local: list[SequenceLoss] = []
     for length in sorted(lengths):
         # Shorter lengths reuse the start of the longest sequences, or pack afresh if there are none.
         seqs = [s[:length] for s in pool] if pool else packed_sequences(texts, tokenizer, length=length, count=count)
-        for batch in shard(seqs, rank=rank, world_size=world_size, batch=max(1, tokens_per_batch // length)):
-            nll = token_losses(model, torch.tensor([s for _, s in batch], dtype=torch.long)).cpu()
+        how = split(length) if split else Split(rank, world_size)
+        per_call = 1 if how.group is not None else max(1, tokens_per_batch // length)
+        for batch in shard(seqs, rank=how.part, world_size=how.parts, batch=per_call):
+            if how.group is not None:
+                nll = sharded_token_losses(model, batch[0][1], how.group, tokenizer.pad_id)[None]
+            else:
+                nll = token_losses(model, torch.tensor([s for _, s in batch], dtype=torch.long)).cpu()
             local += [sequence_loss(nll[j], length=length, index=i, width=bucket_width)
-                      for j, (i, _) in enumerate(batch) if i >= 0]
+                      for j, (i, _) in enumerate(batch) if i >= 0 and how.lead]
     results = gather(local, world_size)
     perplexity: dict[int, float] = {}
     buckets: dict[int, list[dict[str, float]]] = {}

@@ -8,8 +8,10 @@ documents (the same ``validationFraction`` split the training data leaves out), 
 split holds none back, as with the one-document tiny corpus — the corpus itself (noted).
 
 Called on every rank of the stage (after ``torch.distributed`` is initialized): the ranks split the
-samples (:mod:`ctxext_trainer.eval.parallel`); ``model`` must be the plain Hugging Face module with
-sequence parallelism off for inference (each rank runs whole prompts). Example::
+samples (:mod:`ctxext_trainer.eval.parallel`); ``model`` is the plain Hugging Face module. Lengths up
+to L0 run one prompt per rank; longer ones one sequence per ``sequence_group`` (the stage's
+sequence-parallel ranks), sharded as in training (:mod:`ctxext_trainer.eval.sharded`), so no rank
+holds a long sequence's activations or any KV cache of it. Example::
 
     evaluation = evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir),
                                 is_rank0=topo.is_rank0)
@@ -49,7 +51,7 @@ def stage_texts(config: StageConfig) -> tuple[list[str] | None, list[str] | None
 
 
 def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, output_dir: Path, is_rank0: bool,
-                   registry: Any = None) -> dict[str, Any]:
+                   registry: Any = None, sequence_group: Any = None) -> dict[str, Any]:
     """The stage's ``evaluation`` dict (metric → {"<length>": value}, positionLoss at the longest
     length, plots). ``registry``: the trainer's prometheus registry, so its /metrics serves the gauges."""
     spec = config.evaluation
@@ -67,7 +69,8 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
         corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
         labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
         title=f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
-        effective_length_threshold=spec.effective_length_threshold)
+        effective_length_threshold=spec.effective_length_threshold, sequence_group=sequence_group,
+        shard_above=config.original_context_length)
     if notes:
         evaluation["notes"] = notes + list(evaluation.get("notes", []))
     if is_rank0:

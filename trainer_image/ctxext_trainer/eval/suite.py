@@ -22,19 +22,21 @@ come from rank 0.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ctxext.effective_length import DEFAULT_THRESHOLD, effective_length_summary
 from ctxext.model_info import BUILTIN_DIR
 from ctxext_trainer.eval import metrics as eval_metrics
-from ctxext_trainer.eval.generate import greedy_generate, truncate_at_eos
+from ctxext_trainer.eval.generate import greedy_generate, own_attention, truncate_at_eos
 from ctxext_trainer.eval.haystack import SentencePool, read_corpus_texts
-from ctxext_trainer.eval.parallel import gather, shard, world
+from ctxext_trainer.eval.parallel import Split, gather, shard, split_of, world
 from ctxext_trainer.eval.perplexity import run_perplexity
+from ctxext_trainer.eval.sharded import sharded_greedy
 from ctxext_trainer.eval.tasks import CORPUS_TASKS, RETRIEVAL_TASKS, PromptTooLong, build_sample, score
 from ctxext_trainer.tokenizer import Tokenizer
 
@@ -61,8 +63,10 @@ def _key(x: float) -> str:
 
 def run_retrieval(model: Any, tokenizer: Tokenizer, task: str, *, lengths: Sequence[int], depths: Sequence[float],
                   samples_per_cell: int, seed: int, pool: SentencePool, rank: int, world_size: int,
-                  tokens_per_batch: int, notes: list[str]) -> dict[int, dict[float, float]]:
-    """Accuracy grid length → depth → fraction correct of one task (lengths that do not fit are noted)."""
+                  tokens_per_batch: int, notes: list[str], split: Callable[[int], Split] | None = None
+                  ) -> dict[int, dict[float, float]]:
+    """Accuracy grid length → depth → fraction correct of one task (lengths that do not fit are noted).
+    ``split(length)``: how that length's samples are spread (default: each rank alone)."""
     local: list[tuple[int, float, bool]] = []
     for length in sorted(lengths):
         try:
@@ -73,11 +77,17 @@ def run_retrieval(model: Any, tokenizer: Tokenizer, task: str, *, lengths: Seque
             continue
         started = time.monotonic()
         max_new = max(s.max_new_tokens for s in samples)
-        for batch in shard(samples, rank=rank, world_size=world_size, batch=max(1, tokens_per_batch // length)):
-            outs = greedy_generate(model, [s.input_ids for _, s in batch], max_new_tokens=max_new,
-                                   pad_id=tokenizer.pad_id)
+        how = split(length) if split else Split(rank, world_size)
+        per_call = 1 if how.group is not None else max(1, tokens_per_batch // length)
+        for batch in shard(samples, rank=how.part, world_size=how.parts, batch=per_call):
+            if how.group is not None:
+                outs = [sharded_greedy(model, list(batch[0][1].input_ids), max_new_tokens=max_new,
+                                       group=how.group, pad_id=tokenizer.pad_id)]
+            else:
+                outs = greedy_generate(model, [s.input_ids for _, s in batch], max_new_tokens=max_new,
+                                       pad_id=tokenizer.pad_id)
             for (i, s), toks in zip(batch, outs, strict=True):
-                if i >= 0:
+                if i >= 0 and how.lead:
                     text = tokenizer.decode(truncate_at_eos(toks, tokenizer.eos_id))
                     local.append((s.length, s.depth, score(s, text)))
         log.info("%s at %d: %d samples in %.1fs on rank %d", task, length, len(samples), time.monotonic() - started,
@@ -105,7 +115,8 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
                    output_dir: str | Path | None, corpus_texts: Sequence[str] | None = None,
                    perplexity_texts: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
                    registry: Any = None, tokens_per_batch: int = TOKENS_PER_BATCH, bucket_width: int | None = None,
-                   title: str = "", effective_length_threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+                   title: str = "", effective_length_threshold: float = DEFAULT_THRESHOLD,
+                   sequence_group: Any = None, shard_above: int = 0) -> dict[str, Any]:
     """Run ``tasks`` on ``model`` and return the evaluation dict (format above).
 
     ``corpus_texts`` are the haystack of the needle tasks and, unless ``perplexity_texts`` is given,
@@ -115,6 +126,11 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
     also holds ``retrievalAccuracy``, ``effectiveLength`` and ``effectiveLengthByTask``
     (:mod:`ctxext.effective_length`, at ``effective_length_threshold``). Raises ValueError on bad
     arguments or when a corpus task has no corpus text.
+
+    ``sequence_group`` (the stage's sequence-parallel group) with ``shard_above``: lengths above
+    ``shard_above`` are evaluated one sequence per group, sharded over its ranks as in training
+    (:mod:`ctxext_trainer.eval.sharded`); shorter ones one sequence per rank. The model attends with
+    its own attention (and padding mask) whatever a training stage registered (:func:`own_attention`).
     """
     tasks, depths = list(dict.fromkeys(tasks)), sorted(set(depths))
     lengths = sorted(set(lengths))
@@ -128,28 +144,36 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
     lm = model
     was_training = bool(getattr(lm, "training", False))
     lm.eval()
+    sharded = split_of(rank, world_size, sequence_group)
+
+    def split(length: int) -> Split:
+        return sharded if length > shard_above else Split(rank, world_size)
     notes: list[str] = []
     grids: dict[str, dict[int, dict[float, float]]] = {}
     perplexity: dict[int, float] = {}
     buckets: dict[int, list[dict[str, float]]] = {}
+    own = contextlib.ExitStack()
+    own.enter_context(own_attention())
     try:
         for task in (t for t in tasks if t in RETRIEVAL_TASKS):
             pool = (SentencePool.classic(tokenizer.encode) if task == "passkey"
                     else SentencePool.from_texts(corpus_texts or [], tokenizer.encode))
             grids[task] = run_retrieval(lm, tokenizer, task, lengths=lengths, depths=depths,
                                         samples_per_cell=samples_per_cell, seed=seed, pool=pool, rank=rank,
-                                        world_size=world_size, tokens_per_batch=tokens_per_batch, notes=notes)
+                                        world_size=world_size, tokens_per_batch=tokens_per_batch, notes=notes,
+                                        split=split)
         if "perplexity" in tasks:
             texts = perplexity_texts if perplexity_texts is not None else corpus_texts
             if texts:
                 perplexity, buckets = run_perplexity(
                     lm, tokenizer, texts, lengths=lengths, count=samples_per_cell,
                     bucket_width=bucket_width or original_length, rank=rank, world_size=world_size,
-                    tokens_per_batch=tokens_per_batch)
+                    tokens_per_batch=tokens_per_batch, split=split)
             missing = [n for n in lengths if n not in perplexity]
             if missing:
                 notes.append(f"perplexity: not enough text for length(s) {', '.join(map(str, missing))}")
     finally:
+        own.close()
         lm.train(was_training)
     evaluation: dict[str, Any] = {}
     for task, grid in grids.items():
