@@ -10,10 +10,10 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
 
 from ctxext.errors import SpecError
+from ctxext.yaml_output import dump_yaml
 
 # Wide when not a terminal, so piped tables are not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -62,4 +62,4 @@ def emit(data: Any, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        sys.stdout.write(dump_yaml(data))
