@@ -9,10 +9,15 @@ command -v "$PY" >/dev/null || PY=python3
 need_apt=()
 for tool in curl openssl flock setsid dpkg-deb; do command -v "$tool" >/dev/null || need_apt+=("$tool"); done
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# kubectl: tests apply what the CLI prints (`ctxext render | kubectl apply -f -`) to the test API server.
+command -v kubectl >/dev/null || need_apt+=(kubectl)
 if ((${#need_apt[@]})); then
   pkgs=()
   for t in "${need_apt[@]}"; do
-    case $t in flock|setsid) pkgs+=(util-linux) ;; dpkg-deb) pkgs+=(dpkg) ;; *) pkgs+=("$t") ;; esac
+    case $t in flock|setsid) pkgs+=(util-linux) ;; dpkg-deb) pkgs+=(dpkg) ;;
+      kubectl) if apt-cache show kubectl >/dev/null 2>&1; then pkgs+=(kubectl); else pkgs+=(kubernetes-client); fi ;;
+      *) pkgs+=("$t") ;;
+    esac
   done
   echo "[setup] apt-get install ${pkgs[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

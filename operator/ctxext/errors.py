@@ -45,6 +45,8 @@ def from_validation_error(err: ValidationError, prefix: str = "") -> SpecError:
             msg = "unknown field (check its spelling and indentation)"
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "string_pattern_mismatch" and _pattern_hint(e.get("ctx", {}).get("pattern")):
+            msg = f"{_pattern_hint(e['ctx']['pattern'])} (got {str(e.get('input'))[:60]!r})"
         else:
             shown = e.get("input")
             if not isinstance(shown, dict | list) and shown is not None:
@@ -56,3 +58,10 @@ def from_validation_error(err: ValidationError, prefix: str = "") -> SpecError:
     for path, msg in problems:
         seen.setdefault(path, msg)
     return SpecError(list(seen.items()))
+
+
+def _pattern_hint(pattern: object) -> str | None:
+    """The words for a pattern the API declares (ctxext.api.spec.PATTERN_HINTS), else None."""
+    from ctxext.api.spec import PATTERN_HINTS
+
+    return PATTERN_HINTS.get(pattern) if isinstance(pattern, str) else None

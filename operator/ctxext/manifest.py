@@ -9,6 +9,7 @@ cross-field rule — is a :class:`SpecError` whose message starts with the field
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,32 @@ def drop_nulls(node: Any) -> Any:
     return node
 
 
+def non_finite_paths(node: Any, path: str = "") -> list[str]:
+    """Field paths of NaN/infinite numbers (YAML ``.nan``/``.inf``, which JSON — and so Kubernetes —
+    cannot carry); reported as such rather than as a failed bound ("less than or equal to 1e15 (got nan)").
+
+    >>> non_finite_paths({"spec": {"a": float("nan"), "b": [1.0, float("-inf")], "c": 2}})
+    ['spec.a', 'spec.b[1]']
+    """
+    if isinstance(node, float) and not math.isfinite(node):
+        return [path]
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in non_finite_paths(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in non_finite_paths(v, f"{path}[{i}]")]
+    return []
+
+
+def job_name(job: ContextExtensionJob, path: str | Path) -> str:
+    """The job's metadata.name, or (for ``ctxext run`` of a manifest without one) the file's stem.
+
+    >>> job_name(ContextExtensionJob.model_construct(metadata={}), "runs/my-job.yaml")
+    'my-job'
+    """
+    name = job.metadata.get("name")
+    return name if isinstance(name, str) and name else Path(path).stem
+
+
 def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob:
     """Validate one parsed object as a ContextExtensionJob (schema and cross-field rules)."""
     if not isinstance(obj, dict):
@@ -87,6 +114,9 @@ def job_from_object(obj: Any, source: str = "<manifest>") -> ContextExtensionJob
     if kind != KIND or api_version != API_VERSION:
         raise SpecError([("kind", f"{source}: expected apiVersion {API_VERSION}, kind {KIND}; got "
                           f"apiVersion {api_version!r}, kind {kind!r}")])
+    if nan := non_finite_paths(obj):
+        raise SpecError([(p, "must be a finite number (.nan and .inf are not numbers Kubernetes accepts)")
+                         for p in nan])
     try:
         # Strict, through JSON, like the API server: "65536" is not an integer, 5.0 is not an integer,
         # but enum values arrive as strings. YAML-only types (dates) are passed on as strings.

@@ -56,6 +56,8 @@ INVALID = [
     (with_path(minimal(), "spec.model.source", "ftp://x"), "spec.model.source"),
     (minimal(evaluation={"gates": [{"metric": "perplexity"}]}), "at least one of min, max, maxIncrease"),
     (minimal(evaluation={"gates": [{"metric": "effectiveLength", "maxIncrease": 0.1}]}), "not maxIncrease"),
+    (minimal(evaluation={"gates": [{"metric": "passkeyAccuracy", "min": 80}]}), "between 0 and 1"),
+    (minimal(evaluation={"gates": [{"metric": "retrievalAccuracy", "max": -0.5}]}), "between 0 and 1"),
     (with_path(minimal(), "spec.model", {"source": "s3://bucket/m/", "originalContextLength": 8192}),
      "model.ropeTheta is required"),
     (with_path(minimal(), "metadata.name", "x" * 64), "metadata.name"),

@@ -24,7 +24,7 @@ BAD = [
     (with_path(minimal(), "spec.model.ropeTheta", 0), "spec.model.ropeTheta", "greater than 0"),
     (with_path(minimal(), "spec.model.ropeTheta", -5), "spec.model.ropeTheta", "greater than 0"),
     (with_path(minimal(), "spec.model.ropeTheta", 1e300), "spec.model.ropeTheta", "less than or equal"),
-    (with_path(minimal(), "spec.model.source", "ftp://x"), "spec.model.source", "pattern"),
+    (with_path(minimal(), "spec.model.source", "ftp://x"), "spec.model.source", "must start with file:///"),
     (minimal(parallelism={"sequenceParallel": 3}), "spec.parallelism.sequenceParallel", "divide"),
     (minimal(curriculum={"thetaRule": "fixed"}), "spec.curriculum.stages", "fixed needs"),
     (minimal(curriculum={"thetaRule": "golden"}), "spec.curriculum.thetaRule", "scaling-law"),
@@ -34,6 +34,8 @@ BAD = [
      "spec.evaluation.gates[0].atLength", "atLength"),
     (minimal(evaluation={"gates": [{"metric": "effectiveLength", "maxIncrease": 0.1}]}),
      "spec.evaluation.gates[0].maxIncrease", "not maxIncrease"),
+    (minimal(evaluation={"gates": [{"metric": "passkeyAccuracy", "min": 80}]}),
+     "spec.evaluation.gates[0].min", "between 0 and 1"),
     (minimal(evaluation={"effectiveLengthThreshold": 0}), "spec.evaluation.effectiveLengthThreshold",
      "greater than 0"),
 ]

@@ -17,8 +17,33 @@ options) so the pod exits with these codes.
 ====  =====================================================================================
 """
 
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from typing import NoReturn
+
 OK = 0
 ERROR = 1
 BAD_CONFIG = 2
 GUARD_STOP = 3
 PREEMPTED = 143
+
+
+def exit_now(code: int) -> NoReturn:
+    """Leave with ``code`` without the interpreter's teardown, after flushing logs and output.
+
+    By the time a ``main`` returns, the stage has written its result and destroyed the process
+    group; nothing is left to do. But native threads that torch/gloo/DeepSpeed started (the c10d
+    store client, gloo's I/O threads) can still race the interpreter's teardown and abort the
+    process ("terminate called without an active exception", SIGABRT → 134) — turning a guarded
+    stop (3, "do not retry") into a crash the operator retries. ``os._exit`` skips that teardown,
+    so the code the stage decided is the code the process exits with, every time.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe must not change the code
+            stream.flush()
+    os._exit(code)

@@ -23,6 +23,12 @@ MIN_CONTEXT = 16
 SOURCE_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|hf://[^/\s]+/[^\s]+|s3://[a-z0-9][-a-z0-9.]*[a-z0-9]/|builtin://)\S*$"
 DATA_PATTERN = r"^(file:///|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/|s3://[a-z0-9][-a-z0-9.]*[a-z0-9]/|builtin://)\S*$"
 
+#: What each pattern accepts, in words: a mismatch is reported with these, not the regex.
+PATTERN_HINTS = {
+    SOURCE_PATTERN: "must start with file:///, pvc://<claim>/, hf://<org>/<repo>, s3://<bucket>/ or builtin://",
+    DATA_PATTERN: "must start with file:///, pvc://<claim>/, s3://<bucket>/ or builtin://",
+}
+
 Theta = Annotated[float, Field(gt=0, le=MAX_ROPE_THETA)]
 SeqLen = Annotated[int, Field(ge=MIN_CONTEXT + 1, le=MAX_SEQ_LEN)]
 Name253 = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
@@ -368,6 +374,10 @@ class Gate(ApiModel):
             "not maxIncrease", field_path=".maxIncrease"),
         cel("type(self.atLength) == int || self.atLength in ['stage', 'original']",
             "atLength must be a length in tokens, 'stage' or 'original'", field_path=".atLength"),
+        cel("!self.metric.endsWith('Accuracy') || !has(self.min) || (self.min >= 0.0 && self.min <= 1.0)",
+            "an accuracy gate's min must be between 0 and 1 (0.9 = 90%)", field_path=".min"),
+        cel("!self.metric.endsWith('Accuracy') || !has(self.max) || (self.max >= 0.0 && self.max <= 1.0)",
+            "an accuracy gate's max must be between 0 and 1 (0.9 = 90%)", field_path=".max"),
     ])}
 
     metric: GateMetric
@@ -376,7 +386,7 @@ class Gate(ApiModel):
     """Length it is measured at: 'stage' (the stage's seqLen), 'original' (originalContextLength)
     or a number of tokens."""
     min: float | None = None
-    """Lowest acceptable value (e.g. 0.9 for an accuracy)."""
+    """Lowest acceptable value (e.g. 0.9 for an accuracy; accuracies lie in [0, 1])."""
     max: float | None = None
     """Highest acceptable value (e.g. a perplexity ceiling)."""
     max_increase: float | None = Field(default=None, ge=0)

@@ -68,4 +68,8 @@ def spec_rule_violations(spec: ContextExtensionJobSpec) -> list[tuple[str, str]]
                              "effectiveLength >= atLength), not maxIncrease"))
         if isinstance(gate.at_length, str) and gate.at_length not in ("stage", "original"):
             problems.append((f"{path}.atLength", "atLength must be a length in tokens, 'stage' or 'original'"))
+        for bound, value in (("min", gate.min), ("max", gate.max)):
+            if gate.metric.endswith("Accuracy") and value is not None and not 0 <= value <= 1:
+                problems.append((f"{path}.{bound}", f"an accuracy gate's {bound} must be between 0 and 1 "
+                                 f"(0.9 = 90%), got {value:g}"))
     return problems

@@ -10,10 +10,11 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import typer
-import yaml
 from rich.console import Console
+from rich.text import Text
 
 from ctxext.errors import SpecError
+from ctxext.yaml_output import dump_yaml
 
 # Wide when not a terminal, so piped tables are not squeezed to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -44,14 +45,14 @@ def reports_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SpecError as exc:
             for path, msg in exc.problems:
-                err_console.print(f"[bold red]error:[/] {path + ': ' if path else ''}{msg}",
-                                  highlight=False, markup=True, soft_wrap=True)
+                err_console.print(Text.assemble(("error:", "bold red"), f" {path + ': ' if path else ''}{msg}"),
+                                  highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INVALID) from None
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
         except Exception as exc:
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", highlight=False,
-                              markup=False, soft_wrap=True)
+            err_console.print(Text.assemble(("error:", "bold red"), f" {type(exc).__name__}: {exc}"),
+                              highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -62,4 +63,4 @@ def emit(data: Any, fmt: OutputFormat) -> None:
     if fmt is OutputFormat.json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
     else:
-        sys.stdout.write(yaml.safe_dump(data, sort_keys=False))
+        sys.stdout.write(dump_yaml(data))

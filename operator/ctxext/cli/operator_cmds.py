@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 import typer
-import yaml
 
 from ctxext.cli.common import reports_errors
 from ctxext.config import OperatorConfig
 from ctxext.errors import SpecError
 from ctxext.manifest import load_job
 from ctxext.planner import plan_curriculum
+from ctxext.yaml_output import dump_yaml
 
 MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
 
@@ -79,7 +79,7 @@ def render(
         raise SpecError([("--attempt", f"must be at least 1, got {attempt}")])
     body = build_pytorchjob(job, plan, stage, attempt=attempt, learning_rate=learning_rate,
                             config=OperatorConfig.from_env())
-    sys.stdout.write(yaml.safe_dump(body, sort_keys=False, width=120))
+    sys.stdout.write(dump_yaml(body))
 
 
 @reports_errors

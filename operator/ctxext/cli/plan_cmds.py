@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ctxext.api.crd import crd_yaml
 from ctxext.cli.common import OutputFormat, console, emit, err_console, reports_errors
-from ctxext.manifest import load_job, load_jobs
+from ctxext.manifest import job_name, load_job, load_jobs
 from ctxext.planner import Plan, PlannedStage, plan_curriculum
 
 MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
@@ -62,7 +62,7 @@ def plan(manifest: Path = MANIFEST,
     job = load_job(manifest)
     result = plan_curriculum(job.spec)
     if output is OutputFormat.table:
-        name = job.metadata.get("name", manifest.name)
+        name = job_name(job, manifest)
         console.print(plan_table(result, f"{name}: {_fmt_tokens(result.original_context_length)} → "
                                  f"{_fmt_tokens(result.target_context_length)} ({result.theta_rule})"))
         for line in layout_lines(result):
@@ -80,7 +80,11 @@ def validate(manifest: Path = MANIFEST) -> None:
         result = plan_curriculum(job.spec)
         for w in result.warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
-        console.print(f"{manifest}: {job.metadata.get('name', '<unnamed>')} is valid "
+        if not job.metadata.get("name"):
+            err_console.print(f"[yellow]warning:[/] no metadata.name: `ctxext run` names this job "
+                              f"{job_name(job, manifest)!r} after the file; kubectl apply needs metadata.name",
+                              highlight=False)
+        console.print(f"{manifest}: {job_name(job, manifest)} is valid "
                       f"({len(result.stages)} stages)", highlight=False)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from ctxext.cli.common import console, fail, reports_errors
-from ctxext.manifest import load_job
+from ctxext.manifest import job_name, load_job
 from ctxext.planner import plan_curriculum
 
 MANIFEST = typer.Argument(..., help="ContextExtensionJob manifest (YAML).", show_default=False)
@@ -30,6 +30,8 @@ def run(manifest: Path = MANIFEST,
                                               "0 disables.")) -> None:
     """Run a ContextExtensionJob on this machine: each stage with torchrun (CPU, gloo), evaluation, gates,
     checkpoints. Ctrl-C stops after saving a checkpoint; the same command resumes where it stopped."""
+    from ctxext.local_run.layout import world_size
+    from ctxext.local_run.ports import check_ports_free
     from ctxext.local_run.runner import LocalRun, RunOptions
 
     job = load_job(manifest)
@@ -37,7 +39,9 @@ def run(manifest: Path = MANIFEST,
     if not _trainer_available():
         raise fail("`ctxext run` needs the trainer extra (torch, transformers, deepspeed): "
                    "pip install 'ctxext[trainer]'")
-    name = job.metadata.get("name") or manifest.stem
+    name = job_name(job, manifest)
+    job.metadata["name"] = name  # the workdir, report and metrics all use it (LocalRun's own fallback: "local")
+    check_ports_free(metrics_port, world_size(plan, nproc))
     opts = RunOptions(workdir=workdir or Path("ctxext-runs") / name, nproc=nproc, metrics_port=metrics_port)
     console.print(f"[bold]{name}[/]: {plan.original_context_length} → {plan.target_context_length} tokens in "
                   f"{len(plan.stages)} stages ({plan.theta_rule}); workdir {opts.workdir}"

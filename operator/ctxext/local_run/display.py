@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.errors import MarkupError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from ctxext.local_run.progress import Progress as StageProgress
 from ctxext.planner import Plan
@@ -17,9 +21,22 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 class StageBars:
-    """One bar per stage: step / steps, loss, perplexity, tokens/s, elapsed time."""
+    """One bar per stage: step / steps, loss, perplexity, tokens/s, elapsed time.
 
-    def __init__(self, console: Console, plan: Plan):
+    When the console is not a terminal (CI logs, ``| tee``, a pod's log) a live bar would only be
+    printed once, at the end; there it prints a plain line per stage event (started, notes such as
+    "evaluating", done/failed) and about every tenth of a stage's steps instead::
+
+        stage 1/2 (512 tokens): started (θ 40,000, 150 steps)
+        stage 1/2 (512 tokens): step 15/150  loss 2.310  ppl 10.07  1,234 tok/s  0:00:42
+        stage 1/2 (512 tokens): done, 150/150 steps, loss 1.902
+    """
+
+    LINES_PER_STAGE = 10
+
+    def __init__(self, console: Console, plan: Plan, *, plain: bool | None = None):
+        self.console = console
+        self.plain = not console.is_terminal if plain is None else plain
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  ppl {task.fields[ppl]}  {task.fields[tps]} tok/s  "
@@ -27,25 +44,48 @@ class StageBars:
             TimeElapsedColumn(), console=console, transient=False, refresh_per_second=4)
         self.tasks: dict[int, TaskID] = {}
         n = len(plan.stages)
+        self.stages = {s.index: s for s in plan.stages}
+        self.labels = {s.index: f"stage {s.index}/{n} ({s.seq_len:,} tokens)" for s in plan.stages}
+        self.reported: dict[int, int] = {}  # plain mode: the last step // interval printed
+        self.notes: dict[int, str] = {}
+        self.started: dict[int, float] = {}
         for s in plan.stages:
             self.tasks[s.index] = self.progress.add_task(
                 f"stage {s.index}/{n}  {s.seq_len:>6,} tok  θ {s.rope_theta:>12,.0f}", total=s.steps, start=False,
                 loss="–", ppl="–", tps="–", note="")
 
     def __enter__(self) -> StageBars:
-        self.progress.__enter__()
+        if not self.plain:
+            self.progress.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.__exit__(None, None, None)
+        if not self.plain:
+            self.progress.__exit__(None, None, None)
+
+    def _line(self, index: int, text: str) -> None:
+        self.console.print(f"{self.labels[index]}: {text}", markup=False, highlight=False, soft_wrap=True)
 
     def start(self, index: int, note: str = "") -> None:
         self.progress.start_task(self.tasks[index])
         self.progress.update(self.tasks[index], note=note)
+        if self.plain:
+            s = self.stages[index]
+            self.started[index] = time.monotonic()
+            self._line(index, "started" + (f", {_plain(note)}" if note else "") +
+                       f" (θ {s.rope_theta:,.0f}, {s.steps} steps)")
 
     def update(self, index: int, p: StageProgress) -> None:
         self.progress.update(self.tasks[index], completed=p.step, loss=_fmt(p.loss, ".3f"),
                              ppl=_fmt(p.perplexity, ".2f"), tps=_fmt(p.tokens_per_second, ",.0f"))
+        if self.plain:
+            total = self.stages[index].steps
+            bucket = p.step // max(1, total // self.LINES_PER_STAGE)
+            if bucket > self.reported.get(index, 0):
+                self.reported[index] = bucket
+                elapsed = int(time.monotonic() - self.started.get(index, time.monotonic()))
+                self._line(index, f"step {p.step}/{total}  loss {_fmt(p.loss, '.3f')}  ppl {_fmt(p.perplexity, '.2f')}"
+                           f"  {_fmt(p.tokens_per_second, ',.0f')} tok/s  {timedelta(seconds=elapsed)}")
 
     def finish(self, index: int, *, steps: int | None, loss: float | None, note: str) -> None:
         fields: dict[str, Any] = {"note": note}
@@ -55,9 +95,23 @@ class StageBars:
             fields["completed"] = steps
         self.progress.update(self.tasks[index], **fields)
         self.progress.stop_task(self.tasks[index])
+        if self.plain:
+            self._line(index, _plain(note) + (f", {steps}/{self.stages[index].steps} steps" if steps is not None
+                                              else "") + (f", loss {loss:.3f}" if loss is not None else ""))
 
     def note(self, index: int, note: str) -> None:
         self.progress.update(self.tasks[index], note=note)
+        if self.plain and self.notes.get(index) != note:
+            self.notes[index] = note
+            self._line(index, _plain(note))
+
+
+def _plain(markup: str) -> str:
+    """``"[red]gate failed[/]"`` → ``"gate failed"`` (text that is not valid markup is kept as it is)."""
+    try:
+        return Text.from_markup(markup).plain
+    except MarkupError:
+        return markup
 
 
 def summary_table(report: dict[str, Any]) -> Table:

@@ -17,6 +17,7 @@ not ``job``, which Prometheus reserves), ``stage``, ``task``, ``length``.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
+from ctxext.errors import SpecError
 from ctxext.stage_config import StageConfig
 
 TRAIN_LOG = "train_log.jsonl"
@@ -122,8 +124,15 @@ class RunMetrics:
         self.failed.labels(job).set(0)
 
     def serve(self, port: int) -> None:
-        if port:
+        if not port:
+            return
+        try:
             start_http_server(port, addr="127.0.0.1", registry=self.registry)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise SpecError([("--metrics-port", f"port {port} is already in use; choose another with "
+                              f"--metrics-port, or --metrics-port 0 to disable metrics")]) from None
 
     def on_stage(self, index: int, done: int) -> None:
         self.stage.labels(self.job).set(index)

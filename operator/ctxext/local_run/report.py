@@ -200,7 +200,7 @@ def write_report_md(wd: Workdir, report: dict[str, Any]) -> Path:
     if pictures:
         lines += ["", "## Heatmaps", ""]
         for index, p in pictures:
-            rel = os.path.relpath(p, wd.root) if os.path.isabs(p) else p
+            rel = os.path.relpath(os.path.abspath(p), os.path.abspath(wd.root))  # from report.md's folder
             lines += [f"{index}: `{Path(p).name}`", "", f"![{index} {Path(p).stem}]({rel})", ""]
     wd.report_md.write_text("\n".join(lines) + "\n")
     return wd.report_md

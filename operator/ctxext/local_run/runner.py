@@ -91,6 +91,8 @@ class LocalRun:
         self.nproc = world_size(plan, opts.nproc)
         self.metrics = RunMetrics(self.name, len(plan.stages))
         self.started = time.monotonic()
+        self.ran = False
+        """True once this invocation evaluated or trained anything (a rerun of a finished run does not)."""
 
     def _trainer_port(self) -> int:
         return self.opts.metrics_port + 1 if self.opts.metrics_port else 0
@@ -106,6 +108,7 @@ class LocalRun:
         self.wd.baseline_dir.mkdir(parents=True, exist_ok=True)
         path = self.wd.baseline_dir / "stage-config.json"
         path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+        self.ran = True
         self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {config.eval_lengths} …")
         log = self.wd.baseline_dir / "evaluate.log"
         with log.open("ab") as out:
@@ -218,6 +221,7 @@ class LocalRun:
                                 note="done (earlier run)")
                     done += 1
                     continue
+                self.ran = True
                 outcome, reason = self.run_stage(stage.index, bars, baseline)
                 if outcome != "done":
                     status = "Interrupted" if outcome == "interrupted" else "Failed"
@@ -225,6 +229,15 @@ class LocalRun:
                 done += 1
         self.metrics.on_stage(0, done)
         return self.finish(status, reason, baseline)
+
+    def _wall_seconds(self, results: list[StageResult]) -> float:
+        """Wall time of the run across invocations: what report.json said before (else the stages' own
+        times), plus this invocation's if it did anything — a rerun of a finished run keeps its time."""
+        try:
+            earlier = float(json.loads(self.wd.report_json.read_text())["wallSeconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            earlier = sum(r.wall_seconds or 0.0 for r in results) if not self.ran else 0.0
+        return earlier + (time.monotonic() - self.started if self.ran else 0.0)
 
     def finish(self, status: str, reason: str | None, baseline: dict[str, Any]) -> int:
         results = [r for s in self.plan.stages if (r := self.wd.result(s.index)) is not None]
@@ -236,7 +249,7 @@ class LocalRun:
             model = str(self.wd.final_model)
         report = build_report(job_name=self.name, plan=self.plan, baseline=baseline, results=results,
                               lengths=run_lengths(self.plan, self.job.spec.evaluation.lengths),
-                              status=status, wall_seconds=time.monotonic() - self.started, model_path=model)
+                              status=status, wall_seconds=self._wall_seconds(results), model_path=model)
         if reason:
             report["reason"] = reason
         self.wd.report_json.write_text(json.dumps(report, indent=2))
