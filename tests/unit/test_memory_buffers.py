@@ -74,7 +74,9 @@ def test_example_plan_carries_the_evaluation_estimate():
 
 
 def test_evaluation_that_does_not_fit_is_refused_in_plain_words():
-    obj = with_path(example("llama3-8b-1m.yaml"), "spec.evaluation.lengths", [8192, 1048576])
+    # without the example's gates: they need lengths this test leaves out (ctxext.decide.gate_problems)
+    obj = with_path(with_path(example("llama3-8b-1m.yaml"), "spec.evaluation.gates", []),
+                    "spec.evaluation.lengths", [8192, 1048576])
     assert plan_of(obj).stages[0].estimated_eval_memory_gib == pytest.approx(43.53, abs=0.01)  # 1M over SP 8 fits
     obj = with_path(obj, "spec.curriculum.stages.0.sequenceParallel", 4)  # training fits, 1M over 4 ranks does not
     with pytest.raises(SpecError) as err:
@@ -86,5 +88,6 @@ def test_evaluation_that_does_not_fit_is_refused_in_plain_words():
 
 
 def test_evaluation_is_not_counted_when_disabled():
-    obj = with_path(example("llama3-8b-1m.yaml"), "spec.evaluation.enabled", False)
+    obj = with_path(with_path(example("llama3-8b-1m.yaml"), "spec.evaluation.gates", []),
+                    "spec.evaluation.enabled", False)  # gates with evaluation disabled are refused
     assert all(s.estimated_eval_memory_gib is None for s in plan_of(obj).stages)
