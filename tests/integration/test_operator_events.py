@@ -82,8 +82,11 @@ def test_live_state_and_loss_reach_status_through_the_refresh_not_the_resync(k8s
         wait_for(lambda: "is Running" in cluster.status("live")["stages"][0]["message"], what="Running", proc=op)
         assert status["phase"] == "Running" and sorted(cluster.pytorchjobs("live")) == ["live-s1-a1"]
         cluster.api.delete_namespaced_custom_object("kubeflow.org", "v1", "events-b", "pytorchjobs", "live-s1-a1")
-        # No garbage collector here, no resync for 600 s: the job's DELETED event alone recreates it.
-        wait_for(lambda: cluster.pytorchjobs("live").get("live-s1-a1"), what="s1 recreated", proc=op)
-        assert sorted(cluster.pytorchjobs("live")) == ["live-s1-a1"]
+        # No garbage collector here, no resync for 600 s: the job's DELETED event alone makes it a failed
+        # attempt (#27: a vanished job is never silently re-created), retried after the backoff.
+        stage = wait_for(lambda: "was deleted before it reported a result" in
+                         (s := cluster.status("live")["stages"][0]).get("message", "") and s,
+                         what="the deleted attempt failed", proc=op)
+        assert stage["nextAttemptTime"] and cluster.pytorchjobs("live") == {}
     finally:
         op.stop()
