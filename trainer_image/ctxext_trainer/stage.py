@@ -180,10 +180,13 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
 
 
 def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str) -> None:
+    """Record a failure the trainer can name where the operator reads it: result.json and
+    ``status.results[<jobName>]`` (so that, e.g., UnsupportedModel is not retried)."""
     if topo.is_rank0:
-        write_result(config.output_dir, StageResult(status="Failed", reason=reason, reason_code=code,
-                                                    job_name=config.job_name, stage=config.stage,
-                                                    attempt=config.attempt))
+        result = StageResult(status="Failed", reason=reason, reason_code=code, job_name=config.job_name,
+                             stage=config.stage, attempt=config.attempt)
+        write_result(config.output_dir, result)
+        StatusReporter(config, is_rank0=True).result(result.to_wire())
 
 
 def run_stage(config: StageConfig) -> int:
