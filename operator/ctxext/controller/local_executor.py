@@ -1,25 +1,23 @@
 """``ctxext local-executor``: runs PyTorchJobs on this machine — a development stand-in for the
 Kubeflow training-operator, not a replacement for it (no pods, no scheduling, no isolation).
 
-Every ``poll`` seconds it lists PyTorchJobs and writes their status as training-operator v1.9
-(``pkg/controller.v1/common/job.go``, ``pytorch/pytorchjob_controller.go``, ``pkg/util/status.go``) does:
+Every ``poll`` seconds it lists PyTorchJobs and writes their status as training-operator v1.9 does
+(``pkg/controller.v1/common/job.go``, ``pytorch/pytorchjob_controller.go``, ``pkg/util/status.go``),
+with its reasons and messages:
 
-* ``Created`` (reason ``PyTorchJobCreated``, "PyTorchJob NAME is created.") when it first sees the job;
-  ``Running`` ("PyTorchJob NAME is running.") when it starts the replicas (see
-  :mod:`ctxext.controller.local_launch` for the processes, environment and the ``--root`` mapping).
-* ``Succeeded`` ("PyTorchJob NAME is successfully completed.") when the **Master** exits 0.
-* ``Failed`` (reason ``PyTorchJobFailed``) when a replica exits non-zero: under ``backoffLimit: 0`` (the
-  operator's jobs) "Job NAME has failed because it has reached the specified backoff limit" and every
-  replica is stopped; otherwise "PyTorchJob NAME is failed because 1 Worker replica(s) failed.". Past
-  ``activeDeadlineSeconds``: "Job NAME has failed because it was active longer than specified deadline",
-  every replica stopped. The exit code and last log line go to the executor's log (upstream has neither).
-* Once a job has finished, replicas still running are stopped unless ``cleanPodPolicy`` is ``None``,
-  upstream's default (``Running`` and ``All`` both stop them: finished processes hold nothing).
-* ``spec.runPolicy.suspend: true`` stops the processes (SIGTERM, so the trainer checkpoints, then
-  SIGKILL after the pod template's ``terminationGracePeriodSeconds``, else ``stop_grace``), sets
-  ``Suspended`` and ``Running`` False (reason ``PyTorchJobSuspended``, "PyTorchJob NAME is suspended.");
-  un-suspending sets ``Suspended`` False (``PyTorchJobResumed``, "PyTorchJob NAME is resumed."), resets
-  ``startTime`` and starts them again (the trainer resumes from its checkpoint).
+* ``Created`` ("PyTorchJob NAME is created."); ``Running`` when it starts the replicas (processes,
+  environment and the ``--root`` mapping: :mod:`ctxext.controller.local_launch`).
+* ``Succeeded`` when the **Master** exits 0.
+* ``Failed`` when a replica exits non-zero: under ``backoffLimit: 0`` (the operator's jobs) "Job NAME has
+  failed because it has reached the specified backoff limit", every replica stopped; otherwise "PyTorchJob
+  NAME is failed because 1 Worker replica(s) failed.". Past ``activeDeadlineSeconds``: "Job NAME has failed
+  because it was active longer than specified deadline", every replica stopped. Exit code and last log line
+  go to the executor's log (upstream has neither).
+* A finished job's replicas still running are stopped unless ``cleanPodPolicy`` is ``None`` (the default).
+* ``runPolicy.suspend: true`` stops the processes (SIGTERM, so the trainer checkpoints, then SIGKILL after
+  the pod's ``terminationGracePeriodSeconds``, else ``stop_grace``), sets ``Suspended`` and ``Running``
+  False ("PyTorchJob NAME is suspended."); un-suspending sets ``Suspended`` False ("... is resumed."),
+  resets ``startTime`` and starts them again (the trainer resumes from its checkpoint).
 * Nothing changes a job once it has a ``Failed`` condition.
 
 Restart-safe: finished jobs (a Succeeded/Failed condition) are never run again. Processes die with
@@ -45,7 +43,7 @@ from typing import Any, cast
 import urllib3
 from kubernetes import client
 
-from ctxext.controller.local_launch import replica_processes
+from ctxext.controller.local_launch import pod_grace_seconds, replica_processes
 from ctxext.controller.observe import TERMINAL, parse_time
 
 PTJ = ("kubeflow.org", "v1", "pytorchjobs")
@@ -68,18 +66,6 @@ class Running:
     logs: dict[str, Path] = field(default_factory=dict)
     grace: float | None = None
     """The pods' terminationGracePeriodSeconds (SIGTERM → SIGKILL), as Kubernetes would give them."""
-
-
-def pod_grace_seconds(job: dict[str, Any]) -> float | None:
-    """terminationGracePeriodSeconds of the Master pod template, if set.
-
-    >>> pod_grace_seconds({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {
-    ...     "terminationGracePeriodSeconds": 240}}}}}})
-    240.0
-    """
-    master = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get("Master") or {}
-    value = ((master.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds")
-    return float(value) if isinstance(value, int | float) else None
 
 
 def _true(job: dict[str, Any], kind: str) -> bool:

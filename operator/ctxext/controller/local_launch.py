@@ -117,3 +117,15 @@ def replica_processes(job: dict[str, Any], root: Path, master_port: int) -> list
                                       [local for _, local in mounts]))
             rank += 1
     return out
+
+
+def pod_grace_seconds(job: dict[str, Any]) -> float | None:
+    """terminationGracePeriodSeconds of the Master pod template, if set.
+
+    >>> pod_grace_seconds({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {
+    ...     "terminationGracePeriodSeconds": 240}}}}}})
+    240.0
+    """
+    master = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get("Master") or {}
+    value = ((master.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds")
+    return float(value) if isinstance(value, int | float) else None
