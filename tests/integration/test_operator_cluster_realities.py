@@ -88,3 +88,14 @@ def test_a_re_applied_job_never_adopts_its_predecessors_pytorchjob(cluster, oper
                     what="its own again-s1-a1", proc=operator)
     assert mine["spec"]["runPolicy"]["suspend"] is False and "status" not in mine
     wait_for(lambda: cluster.status("again").get("phase") == "Running", what="Running", proc=operator)
+
+
+def test_a_pytorchjob_deleted_without_a_result_is_a_failed_attempt_not_recreated(cluster, operator):
+    """#27 item 3: `kubectl delete pytorchjob` (or ttlSecondsAfterFinished: 0) with maxRetries 0."""
+    cluster.create(manifest("vanish", failurePolicy={"maxRetries": 0}))
+    wait_for(lambda: cluster.pytorchjobs("vanish").get("vanish-s1-a1"), what="vanish-s1-a1", proc=operator)
+    cluster.api.delete_namespaced_custom_object("kubeflow.org", "v1", NS, "pytorchjobs", "vanish-s1-a1")
+    wait_for(lambda: cluster.status("vanish").get("phase") == "Failed", what="Failed", proc=operator)
+    assert cluster.condition("vanish", "Failed")["message"] == (
+        "stage 1/2 failed (no retries allowed): PyTorchJob vanish-s1-a1 was deleted before it reported a result")
+    assert cluster.pytorchjobs("vanish") == {}
