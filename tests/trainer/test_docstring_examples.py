@@ -12,7 +12,8 @@ MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer
            "ctxext_trainer.loss", "ctxext_trainer.grad_stats", "ctxext_trainer.reporting", "ctxext_trainer.launch",
            "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer", "ctxext_trainer.tiny.data",
            "ctxext_trainer.zigzag", "ctxext_trainer.ring_kernels", "ctxext_trainer.sequence_parallel",
-           "ctxext_trainer.speed", "ctxext_trainer.fused_ce"]
+           "ctxext_trainer.speed", "ctxext_trainer.fused_ce",
+           "ctxext_trainer.checkpoint"]
 
 
 @pytest.mark.parametrize("name", MODULES)

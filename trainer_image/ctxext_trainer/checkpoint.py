@@ -143,7 +143,8 @@ def claim_checkpoints(root: Path, job_name: str, *, is_rank0: bool) -> str:
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
     >>> first = claim_checkpoints(root, "j-s1-a1", is_rank0=True)
-    >>> owns(root, first), owns(root, claim_checkpoints(root, "j-s1-a2", is_rank0=True))
+    >>> second = claim_checkpoints(root, "j-s1-a2", is_rank0=True)
+    >>> owns(root, first), owns(root, second)
     (False, True)
     """
     token = _broadcast(uuid.uuid4().hex[:12] if is_rank0 else None)
