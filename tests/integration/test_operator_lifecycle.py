@@ -88,15 +88,19 @@ def test_failure_retries_with_lower_lr_then_fails_with_the_reason(cluster, opera
     cluster.trainer_reports("flaky", {"results": {"flaky-s1-a1": {
         "status": "Failed", "reason": "non-finite gradients at step 113", "reasonCode": "NonFiniteGradients",
         "checkpoint": "/ckpt/team-a/flaky/stage-1/checkpoints/step-100"}}})
-    cluster.set_conditions("flaky-s1-a1", "Created", "Running", "Failed", message="trainer exited 1")
+    cluster.set_conditions("flaky-s1-a1", "Created", "Running", "Failed",
+                           message="Job flaky-s1-a1 has failed because it has reached the specified backoff limit")
     retry = wait_for(lambda: cluster.pytorchjobs("flaky").get("flaky-s1-a2"), what="attempt 2", proc=operator)
     assert retry["metadata"]["annotations"]["ctxext.dev/learning-rate"] == "5e-05"
     wait_for(lambda: cluster.status("flaky")["stages"][0]["attempts"] == 2, what="attempt 2 in status")
     assert cluster.condition("flaky", "Degraded")["status"] == "True"
-    cluster.set_conditions("flaky-s1-a2", "Created", "Running", "Failed", message="pod OOMKilled")
+    backoff = "Job flaky-s1-a2 has failed because it has reached the specified backoff limit"  # as v1.9 says it
+    cluster.set_conditions("flaky-s1-a2", "Created", "Running", "Failed", message=backoff)  # e.g. OOM-killed
     wait_for(lambda: cluster.status("flaky").get("phase") == "Failed", what="Failed", proc=operator)
     failed = cluster.condition("flaky", "Failed")
-    assert failed["status"] == "True" and failed["message"] == "stage 1/2 failed after 2 attempts: pod OOMKilled"
+    assert failed["status"] == "True" and failed["message"].startswith(
+        "stage 1/2 failed after 2 attempts: the trainer ended without reporting a result (killed, e.g. out of memory")
+    assert failed["message"].endswith(f"; the training-operator says: {backoff}")
     assert sorted(cluster.pytorchjobs("flaky")) == ["flaky-s1-a1", "flaky-s1-a2"]
 
 

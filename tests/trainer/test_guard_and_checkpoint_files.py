@@ -7,8 +7,19 @@ import math
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from ctxext.stage_config import StageConfig
-from ctxext_trainer.checkpoint import latest_valid_checkpoint, prune, verify_checkpoint, write_manifest
+from ctxext_trainer import checkpoint
+from ctxext_trainer.checkpoint import (
+    SupersededError,
+    claim_checkpoints,
+    latest_valid_checkpoint,
+    prune,
+    save_checkpoint,
+    verify_checkpoint,
+    write_manifest,
+)
 from ctxext_trainer.grad_stats import layer_name
 from ctxext_trainer.guard import HealthGuard
 from ctxext_trainer.metrics import TrainerMetrics
@@ -156,3 +167,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class _ShardWriter:
+    """Writes one shard per save as DeepSpeed does (``<root>/<tag>/...``); the fence around it is what is tested."""
+
+    def save_checkpoint(self, root: str, *, tag: str, client_state: dict, save_latest: bool) -> None:
+        shard = Path(root) / tag / "global_step" / "model_states.pt"
+        shard.parent.mkdir(parents=True, exist_ok=True)
+        shard.write_bytes(b"weights")
+
+
+def test_an_attempt_whose_checkpoints_a_newer_attempt_claimed_stops_without_writing(tmp_path: Path) -> None:
+    """#27 item 2: a pod of attempt 1 that outlives it (a node cut off from the API server) must not write the
+    stage's checkpoints while attempt 2 resumes from them. One process plays both pods: ``_claims`` holds the
+    token of the pod it is."""
+    root, engine = tmp_path / "checkpoints", _ShardWriter()
+    first = claim_checkpoints(root, "t-s1-a1", is_rank0=True)
+    assert save_checkpoint(engine, root, 2, {"step": 2}, keep=3, is_rank0=True) == root / "step-2"
+    second = claim_checkpoints(root, "t-s1-a2", is_rank0=True)  # attempt 2 starts in another pod ...
+    (root / f".tmp-step-4-{second}").mkdir()  # ... and is writing its step 4 right now
+    checkpoint._claims[str(root)] = first  # attempt 1's pod saves again
+    with pytest.raises(SupersededError, match=r"^t-s1-a2 has taken over this stage's checkpoints .* step 4 there$"):
+        save_checkpoint(engine, root, 4, {"step": 4}, keep=1, is_rank0=True)
+    assert sorted(p.name for p in root.iterdir()) == [f".tmp-step-4-{second}", "OWNER", "step-2"]  # untouched
+    checkpoint._claims[str(root)] = second
+    assert save_checkpoint(engine, root, 4, {"step": 4}, keep=1, is_rank0=True) == root / "step-4"
+    assert sorted(p.name for p in root.iterdir()) == ["OWNER", "step-4"] and verify_checkpoint(root / "step-4") is None

@@ -74,6 +74,7 @@ def test_local_launch_maps_volumes_and_sets_kubeflow_env(tmp_path):
     env = procs[1].env
     assert (env["PET_NNODES"], env["PET_NODE_RANK"], env["PET_NPROC_PER_NODE"], env["RANK"]) == ("2", "1", "2", "1")
     assert env["MASTER_ADDR"] == "127.0.0.1" and env["PET_MASTER_PORT"] == "29500"
+    assert env["WORLD_SIZE"] == "4" and env["PYTHONUNBUFFERED"] == "1"  # envvar.go: replicas × nprocPerNode
     cfg = json.loads(env["CTXEXT_STAGE_CONFIG"])
     assert cfg["outputDir"] == f"{tmp_path}/ckpt/default/t/stage-1"
     assert cfg["modelPath"] == f"{tmp_path}/models/models/llama"

@@ -163,6 +163,8 @@ def test_failure_without_result_uses_the_pytorchjob_message_and_waits_for_the_po
     w.jobs["t-s1-a1"] = ObservedJob(**{**old.__dict__, "state": "Failed", "message": BACKOFF, "finished_at": w.now})
     d = w.step()
     assert d.creates == [] and BACKOFF in d.events[0].message
+    assert d.events[0].message.startswith("stage 1/2 attempt 1 failed: the trainer ended without reporting a result "
+                                          "(killed, e.g. out of memory or evicted,")
     assert w.status["stages"][0]["nextAttemptTime"] == format_time(T0 + timedelta(seconds=grace))
     assert d.wake_at == T0 + timedelta(seconds=grace)
     w.now += timedelta(seconds=grace - 1)

@@ -38,6 +38,9 @@ def _result(stage: int, seq_len: int, status: str = "Succeeded", **evaluation: o
 def test_stage_states_and_skipping(tmp_path: Path) -> None:
     wd = Workdir(tmp_path / "run")
     assert wd.stage_state(1) == "pending"
+    (wd.stage_dir(1) / "checkpoints").mkdir(parents=True)
+    (wd.stage_dir(1) / "checkpoints" / "OWNER").write_text("{}")  # a trainer claimed it, saved nothing yet
+    assert wd.stage_state(1) == "pending"
     (wd.stage_dir(1) / "checkpoints" / "step-50").mkdir(parents=True)
     assert wd.stage_state(1) == "partial"
     write_result(wd.stage_dir(1), _result(1, 256, status="Failed"))

@@ -9,6 +9,12 @@ Saving (all ranks take part):
 3. rank 0 renames ``.tmp-step-<N>`` to ``step-<N>`` (atomic on one file system) and deletes all
    but the newest ``keep`` checkpoints and leftover ``.tmp-*`` directories.
 
+Only one attempt of a stage writes its checkpoints: an attempt *claims* the directory before it resumes
+(:func:`claim_checkpoints` writes a fresh token to ``checkpoints/OWNER``), writes its shards into its own
+``.tmp-step-<N>-<token>`` and, before the rename, checks that ``OWNER`` still holds its token. A pod of an
+earlier attempt that outlived it (a node cut off from the API server keeps running a deleted pod) finds a
+newer claim there and stops with :class:`SupersededError` without touching ``step-<N>`` or pruning.
+
 Loading picks the newest ``step-<N>`` whose manifest matches the files on disk; a truncated or
 corrupt checkpoint (missing manifest, wrong size or hash) is skipped with a warning and the previous
 one is used. Files above :data:`FULL_HASH_LIMIT` are hashed on their size plus first and last
@@ -23,6 +29,7 @@ import json
 import logging
 import re
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +43,12 @@ MANIFEST = "MANIFEST.json"
 FULL_HASH_LIMIT = 256 * 1024**2
 EDGE_BYTES = 16 * 1024**2
 STEP_DIR = re.compile(r"^step-(\d+)$")
+OWNER = "OWNER"
+_claims: dict[str, str] = {}  # checkpoint root → this attempt's token (the same on every rank)
+
+
+class SupersededError(RuntimeError):
+    """A newer attempt of the stage has claimed its checkpoint directory: this one must not write there."""
 
 
 def file_digest(path: Path) -> str:
@@ -115,16 +128,58 @@ def prune(root: Path, keep: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _owner(root: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((root / OWNER).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def claim_checkpoints(root: Path, job_name: str, *, is_rank0: bool) -> str:
+    """Make ``root`` this attempt's (every rank calls this, before resuming); returns the claim's token.
+
+    The newest claim wins: an attempt of the stage that claimed earlier can no longer save there.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> first = claim_checkpoints(root, "j-s1-a1", is_rank0=True)
+    >>> second = claim_checkpoints(root, "j-s1-a2", is_rank0=True)
+    >>> owns(root, first), owns(root, second)
+    (False, True)
+    """
+    token = _broadcast(uuid.uuid4().hex[:12] if is_rank0 else None)
+    if is_rank0:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{OWNER}.{token}"
+        tmp.write_text(json.dumps({"token": token, "jobName": job_name}))
+        tmp.replace(root / OWNER)
+    _claims[str(root)] = token
+    return str(token)
+
+
+def owns(root: Path, token: str) -> bool:
+    """Whether the claim ``token`` still holds ``root`` (unclaimed directories belong to whoever writes)."""
+    owner = _owner(root)
+    return not owner or owner.get("token") == token
+
+
 def save_checkpoint(engine: Any, root: Path, step: int, trainer_state: dict[str, Any], *, keep: int,
                     is_rank0: bool) -> Path:
     """Save step ``step`` atomically (every rank calls this); returns the final directory."""
-    tag_tmp, final = f".tmp-step-{step}", root / f"step-{step}"
+    token = _claims.get(str(root))
+    tag_tmp, final = f".tmp-step-{step}" + (f"-{token}" if token else ""), root / f"step-{step}"
     if is_rank0:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(root / tag_tmp, ignore_errors=True)
     barrier()
     engine.save_checkpoint(str(root), tag=tag_tmp, client_state={"ctxext": trainer_state}, save_latest=False)
     barrier()
+    lost = _broadcast(bool(is_rank0 and token and not owns(root, token)))
+    if lost:
+        if is_rank0:
+            shutil.rmtree(root / tag_tmp, ignore_errors=True)
+        raise SupersededError(f"{_owner(root).get('jobName') or 'a newer attempt'} has taken over this stage's "
+                              f"checkpoints ({root}); this attempt stops without saving step {step} there")
     if is_rank0:
         tmp = root / tag_tmp
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1, sort_keys=True))

@@ -21,7 +21,7 @@ from ctxext.results import Health, StageResult, write_result
 from ctxext.stage_config import StageConfig
 from ctxext.theta import RopeTypeError
 from ctxext_trainer import exit_codes
-from ctxext_trainer.checkpoint import load_latest_checkpoint
+from ctxext_trainer.checkpoint import SupersededError, claim_checkpoints, load_latest_checkpoint
 from ctxext_trainer.data.batches import build_stage_data
 from ctxext_trainer.data.packing import StreamState
 from ctxext_trainer.distributed import Topology, close_distributed, init_distributed
@@ -131,6 +131,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
                         max_spikes=config.failure_policy.max_loss_spikes, clip=GRADIENT_CLIPPING)
     state = LoopState()
     warnings: list[str] = []
+    claim_checkpoints(checkpoint_root(config), config.job_name, is_rank0=topo.is_rank0)  # older attempts stop saving
     resumed = load_latest_checkpoint(engine, checkpoint_root(config), warnings)
     if resumed is not None:
         state.step = state.resumed_from = state.checkpoint_step = resumed[0]
@@ -184,11 +185,15 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         metrics.close(linger)
 
 
-def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str) -> None:
+def _write_failure(config: StageConfig, topo: Topology, reason: str, code: str, *, to_dir: bool = True) -> None:
+    """Record a failure the trainer can name where the operator reads it: result.json (unless ``to_dir`` is
+    False) and ``status.results[<jobName>]`` (so that, e.g., UnsupportedModel is not retried)."""
     if topo.is_rank0:
-        write_result(config.output_dir, StageResult(status="Failed", reason=reason, reason_code=code,
-                                                    job_name=config.job_name, stage=config.stage,
-                                                    attempt=config.attempt))
+        result = StageResult(status="Failed", reason=reason, reason_code=code, job_name=config.job_name,
+                             stage=config.stage, attempt=config.attempt)
+        if to_dir:
+            write_result(config.output_dir, result)
+        StatusReporter(config, is_rank0=True).result(result.to_wire())
 
 
 def run_stage(config: StageConfig) -> int:
@@ -200,6 +205,10 @@ def run_stage(config: StageConfig) -> int:
 
             return evaluate_base(config, topo)
         return train_stage(config, topo)
+    except SupersededError as exc:  # a newer attempt owns the stage's directory: write nothing there
+        log.error("stage stopped: %s", exc)
+        _write_failure(config, topo, str(exc), "Error", to_dir=False)
+        return exit_codes.ERROR
     except RopeTypeError as exc:  # the model itself cannot be theta-scaled: no retry can help
         log.error("stage failed: %s", exc)
         _write_failure(config, topo, str(exc), "UnsupportedModel")

@@ -1,14 +1,24 @@
 """``ctxext local-executor``: runs PyTorchJobs on this machine — a development stand-in for the
 Kubeflow training-operator, not a replacement for it (no pods, no scheduling, no isolation).
 
-Every ``poll`` seconds it lists PyTorchJobs and, like the training-operator, writes their
-conditions: ``Created`` and ``Running`` when it starts the replicas (see
-:mod:`ctxext.controller.local_launch` for the processes, environment and the ``--root`` directory
-mapping), ``Succeeded`` when every replica exits 0, ``Failed`` (with the exit code and the last log
-line) when one does not. ``spec.runPolicy.suspend: true`` stops the processes (SIGTERM, so the
-trainer checkpoints, then SIGKILL after the pod template's ``terminationGracePeriodSeconds``, else
-``stop_grace``) and sets ``Suspended``; un-suspending starts them again (the trainer resumes from
-its checkpoint).
+Every ``poll`` seconds it lists PyTorchJobs and writes their status as training-operator v1.9 does
+(``pkg/controller.v1/common/job.go``, ``pytorch/pytorchjob_controller.go``, ``pkg/util/status.go``),
+with its reasons and messages:
+
+* ``Created`` ("PyTorchJob NAME is created."); ``Running`` when it starts the replicas (processes,
+  environment and the ``--root`` mapping: :mod:`ctxext.controller.local_launch`).
+* ``Succeeded`` when the **Master** exits 0.
+* ``Failed`` when a replica exits non-zero: under ``backoffLimit: 0`` (the operator's jobs) "Job NAME has
+  failed because it has reached the specified backoff limit", every replica stopped; otherwise "PyTorchJob
+  NAME is failed because 1 Worker replica(s) failed.". Past ``activeDeadlineSeconds``: "Job NAME has failed
+  because it was active longer than specified deadline", every replica stopped. Exit code and last log line
+  go to the executor's log (upstream has neither).
+* A finished job's replicas still running are stopped unless ``cleanPodPolicy`` is ``None`` (the default).
+* ``runPolicy.suspend: true`` stops the processes (SIGTERM, so the trainer checkpoints, then SIGKILL after
+  the pod's ``terminationGracePeriodSeconds``, else ``stop_grace``), sets ``Suspended`` and ``Running``
+  False ("PyTorchJob NAME is suspended."); un-suspending sets ``Suspended`` False ("... is resumed."),
+  resets ``startTime`` and starts them again (the trainer resumes from its checkpoint).
+* Nothing changes a job once it has a ``Failed`` condition.
 
 Restart-safe: finished jobs (a Succeeded/Failed condition) are never run again. Processes die with
 the executor (``PR_SET_PDEATHSIG``); process groups recorded in ``ROOT/.executor/`` by an executor
@@ -33,8 +43,8 @@ from typing import Any, cast
 import urllib3
 from kubernetes import client
 
-from ctxext.controller.local_launch import replica_processes
-from ctxext.controller.observe import TERMINAL
+from ctxext.controller.local_launch import pod_grace_seconds, replica_processes
+from ctxext.controller.observe import TERMINAL, parse_time
 
 PTJ = ("kubeflow.org", "v1", "pytorchjobs")
 log = logging.getLogger("ctxext.local_executor")
@@ -58,21 +68,17 @@ class Running:
     """The pods' terminationGracePeriodSeconds (SIGTERM → SIGKILL), as Kubernetes would give them."""
 
 
-def pod_grace_seconds(job: dict[str, Any]) -> float | None:
-    """terminationGracePeriodSeconds of the Master pod template, if set.
-
-    >>> pod_grace_seconds({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {
-    ...     "terminationGracePeriodSeconds": 240}}}}}})
-    240.0
-    """
-    master = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get("Master") or {}
-    value = ((master.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds")
-    return float(value) if isinstance(value, int | float) else None
-
-
 def _true(job: dict[str, Any], kind: str) -> bool:
     return any(c.get("type") == kind and c.get("status") == "True"
                for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def _run_policy(job: dict[str, Any]) -> dict[str, Any]:
+    return dict((job.get("spec") or {}).get("runPolicy") or {})
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _last_line(path: Path) -> str:
@@ -92,6 +98,7 @@ class LocalExecutor:
         self.poll, self.stop_grace = poll, stop_grace
         self.state_dir = self.root / ".executor"
         self.running: dict[str, Running] = {}
+        self.lingering: dict[str, Running] = {}  # replicas of finished jobs with cleanPodPolicy None
 
     # -- API ------------------------------------------------------------------------------------
     def list_jobs(self) -> list[dict[str, Any]]:
@@ -100,26 +107,37 @@ class LocalExecutor:
         return [j for ns in self.namespaces for j in cast(dict[str, Any], self.api.list_namespaced_custom_object(
             PTJ[0], PTJ[1], ns, PTJ[2]))["items"]]
 
-    def set_condition(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        """Set condition ``kind`` True (Running/Suspended turned False as the training-operator does)."""
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        conds = [dict(c) for c in (job.get("status") or {}).get("conditions") or [] if c.get("type") != kind]
-        off = {"Running": ["Suspended"], "Suspended": ["Running"], "Succeeded": ["Running"], "Failed": ["Running"]}
+    def set_condition(self, job: dict[str, Any], kind: str, reason: str, message: str, *,
+                      status: str = "True", extra: dict[str, Any] | None = None) -> None:
+        """Set condition ``kind`` as training-operator v1.9's ``setCondition`` does: nothing changes once the
+        job has Failed; Succeeded/Failed turn Running False; Running and Restarting replace each other."""
+        now = _now()
+        if _true(job, "Failed"):
+            return
+        conds = [dict(c) for c in (job.get("status") or {}).get("conditions") or []]
+        old = next((c for c in conds if c.get("type") == kind), None)
+        if old is not None and old.get("status") == status and old.get("reason") == reason and not extra:
+            return
+        since = old.get("lastTransitionTime", now) if old is not None and old.get("status") == status else now
+        kept = []
         for c in conds:
-            if c.get("type") in off.get(kind, []) and c.get("status") == "True":
-                c.update(status="False", lastTransitionTime=now, lastUpdateTime=now)
-        conds.append({"type": kind, "status": "True", "reason": reason, "message": message,
-                      "lastTransitionTime": now, "lastUpdateTime": now})
-        status: dict[str, Any] = {"conditions": conds}
-        if kind == "Running" and not (job.get("status") or {}).get("startTime"):
-            status["startTime"] = now
-        if kind in TERMINAL:
-            status["completionTime"] = now
+            if c.get("type") == kind or {c.get("type"), kind} == {"Running", "Restarting"}:
+                continue
+            if kind in TERMINAL and c.get("type") == "Running":
+                c["status"] = "False"
+            kept.append(c)
+        kept.append({"type": kind, "status": status, "reason": reason, "message": message,
+                     "lastTransitionTime": since, "lastUpdateTime": now})
+        body: dict[str, Any] = {"conditions": kept, **(extra or {})}
+        if kind == "Running" and status == "True" and not (job.get("status") or {}).get("startTime"):
+            body["startTime"] = now
+        if kind in TERMINAL and not (job.get("status") or {}).get("completionTime"):
+            body["completionTime"] = now
         meta = job["metadata"]
         updated: Any = self.api.patch_namespaced_custom_object_status(PTJ[0], PTJ[1], meta["namespace"], PTJ[2],
-                                                                 meta["name"], {"status": status})
+                                                                 meta["name"], {"status": body})
         job["status"] = updated.get("status")
-        log.info("%s/%s: %s (%s)", meta["namespace"], meta["name"], kind, message)
+        log.info("%s/%s: %s=%s (%s)", meta["namespace"], meta["name"], kind, status, message)
 
     # -- one pass ----------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -134,18 +152,32 @@ class LocalExecutor:
         for key in list(self.running):
             if key not in seen:  # deleted: nothing to report to
                 self.stop(key)
+        for key in list(self.lingering):
+            if key not in seen:  # a deleted job's pods are garbage-collected
+                self.running[key] = self.lingering.pop(key)
+                self.stop(key)
 
     def handle(self, key: str, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
         if any(_true(job, t) for t in TERMINAL):
             if key in self.running:
                 self.stop(key)
+            self._reap(key, job)
             return
-        if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        if not _true(job, "Created"):
+            self.set_condition(job, "Created", "PyTorchJobCreated", f"PyTorchJob {name} is created.")
+        if _run_policy(job).get("suspend"):
             if key in self.running:
                 self.stop(key)
+            message = f"PyTorchJob {name} is suspended."
+            if _true(job, "Running"):
+                self.set_condition(job, "Running", "PyTorchJobSuspended", message, status="False")
             if not _true(job, "Suspended"):
-                self.set_condition(job, "Suspended", "JobSuspended", "suspended: local processes stopped")
+                self.set_condition(job, "Suspended", "PyTorchJobSuspended", message)
             return
+        if _true(job, "Suspended"):
+            self.set_condition(job, "Suspended", "PyTorchJobResumed", f"PyTorchJob {name} is resumed.",
+                               status="False", extra={"startTime": _now()})
         if key in self.running:
             self.check(key, job)
             return
@@ -153,8 +185,6 @@ class LocalExecutor:
 
     def start(self, key: str, job: dict[str, Any]) -> None:
         self._kill_stale(key)
-        if not _true(job, "Created"):
-            self.set_condition(job, "Created", "JobCreated", "PyTorchJob created (local executor)")
         run = Running(grace=pod_grace_seconds(job))
         logs = self.state_dir / "logs" / job["metadata"]["namespace"]
         logs.mkdir(parents=True, exist_ok=True)
@@ -169,20 +199,50 @@ class LocalExecutor:
             run.logs[proc.replica] = path
         self.running[key] = run
         self._write_pids(key, run)
-        self.set_condition(job, "Running", "JobRunning", f"{len(run.procs)} replica(s) running locally")
+        name = job["metadata"]["name"]
+        self.set_condition(job, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.")
 
     def check(self, key: str, job: dict[str, Any]) -> None:
-        run = self.running[key]
-        codes = {name: p.poll() for name, p in run.procs.items()}
-        failed = {n: c for n, c in codes.items() if c not in (None, 0)}
+        run, name, policy = self.running[key], job["metadata"]["name"], _run_policy(job)
+        codes = {replica: p.poll() for replica, p in run.procs.items()}
+        failed = {r: c for r, c in codes.items() if c not in (None, 0)}
+        deadline = policy.get("activeDeadlineSeconds")
+        started = parse_time((job.get("status") or {}).get("startTime"))
         if failed:
-            name, code = next(iter(failed.items()))
+            for replica, code in failed.items():
+                log.info("%s: replica %s exited with code %s: %s", key, replica, code, _last_line(run.logs[replica]))
+            if policy.get("backoffLimit") == 0:  # common/job.go: a new failure past the limit deletes every pod
+                self.stop(key)
+                message = f"Job {name} has failed because it has reached the specified backoff limit"
+            else:  # pytorchjob_controller.go UpdateJobStatus (restartPolicy Never)
+                kind = next(iter(failed)).split("-")[0]
+                count = sum(1 for r in failed if r.split("-")[0] == kind)
+                message = f"PyTorchJob {name} is failed because {count} {kind} replica(s) failed."
+                self._clean_pods(key, policy)
+            self.set_condition(job, "Failed", "PyTorchJobFailed", message)
+        elif codes.get("Master") == 0:  # the Master decides (pytorchjob_controller.go UpdateJobStatus)
+            self.set_condition(job, "Succeeded", "PyTorchJobSucceeded", f"PyTorchJob {name} is successfully completed.")
+            self._clean_pods(key, policy)
+        elif isinstance(deadline, int | float) and started is not None and \
+                (datetime.now(UTC) - started).total_seconds() > deadline:
             self.stop(key)
-            self.set_condition(job, "Failed", "JobFailed",
-                               f"replica {name} exited with code {code}: {_last_line(run.logs[name])}")
-        elif all(c == 0 for c in codes.values()):
+            self.set_condition(job, "Failed", "PyTorchJobFailed",
+                               f"Job {name} has failed because it was active longer than specified deadline")
+
+    def _clean_pods(self, key: str, policy: dict[str, Any]) -> None:
+        """A finished job's pods still running are deleted unless cleanPodPolicy is None, upstream's default
+        (common/job.go DeletePodsAndServices; pytorch_defaults.go)."""
+        if policy.get("cleanPodPolicy", "None") == "None":
+            self.lingering[key] = self.running.pop(key)
+        else:
             self.stop(key)
-            self.set_condition(job, "Succeeded", "JobSucceeded", "all replicas exited 0")
+
+    def _reap(self, key: str, job: dict[str, Any]) -> None:
+        """Forget the processes a finished job left running under cleanPodPolicy None, once they exit."""
+        run = self.lingering.get(key)
+        if run is not None and all(p.poll() is not None for p in run.procs.values()):
+            del self.lingering[key]
+            (self.state_dir / "pids" / key.replace("/", "_")).unlink(missing_ok=True)
 
     # -- processes ---------------------------------------------------------------------------------
     def stop(self, key: str) -> None:
@@ -202,6 +262,8 @@ class LocalExecutor:
         (self.state_dir / "pids" / key.replace("/", "_")).unlink(missing_ok=True)
 
     def stop_all(self) -> None:
+        self.running.update(self.lingering)
+        self.lingering.clear()
         for key in list(self.running):
             self.stop(key)
 

@@ -1,10 +1,12 @@
 """How ``ctxext local-executor`` turns a PyTorchJob into local processes. Pure (no I/O).
 
 A stand-in for the Kubeflow training-operator on one machine: each replica (Master, then Workers)
-becomes one process running the container's command with the environment Kubeflow injects —
-``MASTER_ADDR=127.0.0.1``, ``MASTER_PORT``, ``WORLD_SIZE`` (replicas), ``RANK`` (replica index),
-``PET_MASTER_ADDR``/``PET_MASTER_PORT``, ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK``
-(what ``torchrun`` reads) — plus the container's ``env``.
+becomes one process running the container's command with the environment training-operator v1.9
+injects (``pkg/controller.v1/pytorch/envvar.go``) — ``PYTHONUNBUFFERED=1``, ``MASTER_ADDR=127.0.0.1``,
+``MASTER_PORT``, ``WORLD_SIZE`` (replicas × ``nprocPerNode``; 1 per replica when that is not a number),
+``RANK`` and ``PET_NODE_RANK`` (replica index: Master 0, Worker i → i + 1), ``PET_MASTER_ADDR``/
+``PET_MASTER_PORT``, ``PET_NNODES`` (replicas) and ``PET_NPROC_PER_NODE`` (when set; what ``torchrun``
+reads) — plus the container's ``env``.
 
 Volumes: every ``volumeMounts[].mountPath`` P of the pod (except /dev/shm) becomes the local
 directory ``ROOT/P`` (``/ckpt`` → ``ROOT/ckpt``, ``/models/models`` → ``ROOT/models/models``), and
@@ -83,7 +85,8 @@ def replica_processes(job: dict[str, Any], root: Path, master_port: int) -> list
     replicas = spec["pytorchReplicaSpecs"]
     order = [("Master", replicas.get("Master")), ("Worker", replicas.get("Worker"))]
     nodes = sum(int(r.get("replicas", 1)) for _, r in order if r)
-    nproc = str(spec.get("nprocPerNode") or "1")
+    nproc = spec.get("nprocPerNode")
+    world = nodes * (int(nproc) if str(nproc).isdigit() else 1)
     out: list[ReplicaProcess] = []
     rank = 0
     for kind, rs in order:
@@ -103,12 +106,26 @@ def replica_processes(job: dict[str, Any], root: Path, master_port: int) -> list
             env.update({
                 # Nothing scrapes on a schedule here; don't hold the stage open for a scraper.
                 "CTXEXT_METRICS_LINGER_SECONDS": os.environ.get("CTXEXT_METRICS_LINGER_SECONDS", "0"),
-                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port), "WORLD_SIZE": str(nodes),
+                "PYTHONUNBUFFERED": "1",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port), "WORLD_SIZE": str(world),
                 "RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port),
-                "PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
+                "PET_NNODES": str(nodes), "PET_NODE_RANK": str(rank),
+                **({"PET_NPROC_PER_NODE": str(nproc)} if nproc is not None else {}),
             })
             argv = resolve_command([*container.get("command", []), *container.get("args", [])])
             out.append(ReplicaProcess(kind if kind == "Master" else f"Worker-{i}", argv, env,
                                       [local for _, local in mounts]))
             rank += 1
     return out
+
+
+def pod_grace_seconds(job: dict[str, Any]) -> float | None:
+    """terminationGracePeriodSeconds of the Master pod template, if set.
+
+    >>> pod_grace_seconds({"spec": {"pytorchReplicaSpecs": {"Master": {"template": {"spec": {
+    ...     "terminationGracePeriodSeconds": 240}}}}}})
+    240.0
+    """
+    master = ((job.get("spec") or {}).get("pytorchReplicaSpecs") or {}).get("Master") or {}
+    value = ((master.get("template") or {}).get("spec") or {}).get("terminationGracePeriodSeconds")
+    return float(value) if isinstance(value, int | float) else None

@@ -136,12 +136,25 @@ class Conditions:
 
 
 def describe_reason(result: dict[str, Any] | None, fallback: str | None) -> str:
-    """The failure reason in plain words, from the stage result or the PyTorchJob condition."""
+    """The failure reason in plain words, from the stage result or else the PyTorchJob condition.
+
+    The trainer reports every failure it can name; without a result it was killed or never started, and the
+    training-operator's condition alone would not say so:
+
+    >>> describe_reason({"reason": "non-finite gradients at step 113"}, "Job t-s1-a1 has failed ...")
+    'non-finite gradients at step 113'
+    >>> describe_reason(None, "Job t-s1-a1 has failed because it has reached the specified backoff limit")
+    'the trainer ended without reporting a result (killed, e.g. out of memory or evicted, or it failed before \
+it started; see its pod logs and events); the training-operator says: Job t-s1-a1 has failed because it has \
+reached the specified backoff limit'
+    """
     if result and result.get("reason"):
         return str(result["reason"])
     if result and result.get("reasonCode"):
         return str(result["reasonCode"])
-    return fallback or "the PyTorchJob failed without a reason"
+    why = ("the trainer ended without reporting a result (killed, e.g. out of memory or evicted, or it failed "
+           "before it started; see its pod logs and events)")
+    return f"{why}; the training-operator says: {fallback}" if fallback else why
 
 
 def checkpoint_step(result: dict[str, Any] | None) -> int | None:

@@ -90,7 +90,8 @@ class Workdir:
         if result is not None:
             return "done" if result.status == "Succeeded" else "failed"
         ckpt = self.stage_dir(index) / "checkpoints"
-        return "partial" if ckpt.is_dir() and any(ckpt.iterdir()) else "pending"
+        saved = ckpt.is_dir() and any(p.name != "OWNER" for p in ckpt.iterdir())  # OWNER: the trainer's claim
+        return "partial" if saved else "pending"
 
     def result(self, index: int) -> StageResult | None:
         return read_result(self.stage_dir(index))
