@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from ctxext.cli.main import app
 from ctxext.local_run.layout import Workdir, base_model_dir, local_stage_config
+from ctxext.local_run.report import run_lengths
 from ctxext.manifest import load_job
 from ctxext.planner import plan_curriculum
 from tests.unit.helpers import example, with_path
@@ -27,6 +28,7 @@ def test_eval_with_the_manifest_gives_the_runs_baseline_numbers(tmp_path: Path) 
     obj = example("tiny-cpu.yaml")
     for path, value in {"spec.targetContextLength": 512, "spec.curriculum.stages": [{"seqLen": 256}, {"seqLen": 512}],
                         "spec.evaluation.tasks": ["perplexity"], "spec.evaluation.samplesPerCell": 3,
+                        "spec.evaluation.lengths": [128, 256],
                         "spec.evaluation.gates": []}.items():
         obj = with_path(obj, path, value)
     manifest = tmp_path / "m.yaml"
@@ -35,21 +37,22 @@ def test_eval_with_the_manifest_gives_the_runs_baseline_numbers(tmp_path: Path) 
     plan = plan_curriculum(job.spec)
     # What LocalRun.baseline evaluates: the base model at its own theta, at the run's lengths.
     config = local_stage_config(job, plan, Workdir(tmp_path / "run"), 1, metrics_port=0)
-    config = config.model_copy(update={"eval_lengths": [128, 256], "output_dir": str(tmp_path / "baseline"),
+    lengths = run_lengths(plan, job.spec.evaluation.lengths)
+    assert lengths == [128, 256, 512]
+    config = config.model_copy(update={"eval_lengths": lengths, "output_dir": str(tmp_path / "baseline"),
                                        "rope_theta": plan.base_rope_theta or config.rope_theta})
     run = evaluate_config(config)
 
     runner = CliRunner()
-    args = ["eval", "--model", str(base_model_dir(job)), "--lengths", "128,256", "--tasks", "perplexity",
-            "--device", "cpu", "-o", "json"]
-    result = runner.invoke(app, [*args, "--manifest", str(manifest)])
+    args = ["eval", "--model", str(base_model_dir(job)), "--tasks", "perplexity", "--device", "cpu", "-o", "json"]
+    result = runner.invoke(app, [*args, "--manifest", str(manifest)])  # the run's lengths
     assert result.exit_code == 0, result.output
     ev = json.loads(result.stdout)
     assert ev["perplexity"] == pytest.approx(run["perplexity"], rel=1e-5)
-    assert [(b["from"], b["to"]) for b in ev["positionLoss"]] == [(0, 128), (128, 256)]  # L0 = 128, not 256
+    assert [(b["from"], b["to"]) for b in ev["positionLoss"]] == [(0, 128), (128, 256), (256, 384), (384, 512)]
     assert [b["loss"] for b in ev["positionLoss"]] == pytest.approx([b["loss"] for b in run["positionLoss"]],
                                                                      rel=1e-5)
-    plain = runner.invoke(app, args)  # without the manifest: another text, another count of sequences
+    plain = runner.invoke(app, [*args, "--lengths", "128,256,512"])  # no manifest: other text, other count
     assert plain.exit_code == 0, plain.output
     assert json.loads(plain.stdout)["perplexity"] != pytest.approx(run["perplexity"], rel=1e-5)
 

@@ -123,8 +123,11 @@ def _tables(evaluation: dict[str, Any]) -> list[tuple[str, Table]]:
 def eval_(
     model: Path = typer.Option(..., "--model", help="Hugging Face model directory, or a .gguf file.",
                                show_default=False),
-    lengths: str = typer.Option(..., "--lengths", help="Comma-separated lengths in tokens, e.g. 1024,4096 or 1K,4K.",
-                                show_default=False),
+    lengths: str | None = typer.Option(None, "--lengths", show_default=False,
+                                       help="Comma-separated lengths in tokens, e.g. 1024,4096 or 1K,4K (required "
+                                            "without --manifest; with it: the run's lengths). Perplexity at a "
+                                            "length is measured on the start of the longest length's sequences, "
+                                            "so it depends on the longest length given."),
     manifest: Path | None = typer.Option(
         None, "--manifest", metavar="MANIFEST", show_default=False,
         help="Measure as `ctxext run` and the operator do for this ContextExtensionJob: perplexity on the "
@@ -158,12 +161,21 @@ def eval_(
 
     Perplexity is exp(mean next-token loss) over --samples packed sequences of the corpus at each length;
     with --manifest it is measured on the same text, sequences and L0 as the run's report."""
-    length_list, task_list = parse_lengths(lengths), parse_tasks(tasks)
+    task_list = parse_tasks(tasks)
     job = None
     if manifest is not None:
         from ctxext.manifest import load_job
 
         job = load_job(manifest)
+    if lengths is not None:
+        length_list = parse_lengths(lengths)
+    elif job is not None:
+        from ctxext.local_run.report import run_lengths
+        from ctxext.planner import plan_curriculum
+
+        length_list = run_lengths(plan_curriculum(job.spec), job.spec.evaluation.lengths)
+    else:
+        raise SpecError([("--lengths", "give the lengths to evaluate, e.g. --lengths 1024,4096 (or --manifest)")])
     spec = job.spec.evaluation if job is not None else None
     depth_list = parse_depths(depths) if depths is not None else (list(spec.depths) if spec else DEFAULT_DEPTHS)
     samples = samples if samples is not None else (spec.samples_per_cell if spec else DEFAULT_SAMPLES)
