@@ -1,7 +1,9 @@
 """Command outputs quoted in README.md are what the commands print today (issue #23 item 8).
 
 A fenced block right after ``<!-- output of: ctxext ARGS -->`` must equal the command's stdout
-(run from the repository root, not a terminal, so 200 columns; trailing spaces ignored). To
+(run from the repository root, not a terminal, so 200 columns; trailing spaces ignored); one after
+``<!-- summary of: PATH -->`` must equal the tables `ctxext run` prints for the report.json at PATH
+(a measured run's, kept in bench/results/). To
 regenerate every such block after a deliberate change::
 
     CTXEXT_WRITE_README=1 .venv/bin/pytest -q tests/unit/test_readme_outputs.py
@@ -9,6 +11,8 @@ regenerate every such block after a deliberate change::
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
 import shlex
@@ -51,6 +55,33 @@ def test_quoted_command_outputs_are_current() -> None:
         assert _norm(m["body"]) == _run(m["cmd"]), (
             f"README.md's output of `{m['cmd']}` is stale; regenerate with "
             f"CTXEXT_WRITE_README=1 .venv/bin/pytest -q {__file__}")
+
+
+SUMMARY = re.compile(r"(<!-- summary of: (?P<path>[^>]+?) -->\n```[a-z]*\n)(?P<body>.*?)(```)", re.S)
+
+
+def _summary(path: str) -> str:
+    """What `ctxext run` prints at the end of the run whose report.json is ``path`` (not a terminal)."""
+    from rich.console import Console
+
+    from ctxext.local_run.display import checks_table, summary_table
+
+    report = json.loads((ROOT / path).read_text())
+    console = Console(width=200, record=True, color_system=None, file=io.StringIO())
+    console.print(summary_table(report))
+    console.print(checks_table(report))
+    return _norm(console.export_text())
+
+
+def test_the_quoted_run_summary_is_what_run_prints_for_its_report() -> None:
+    text = README.read_text()
+    blocks = list(SUMMARY.finditer(text))
+    assert blocks, "README lost its `ctxext run` summary marker"
+    if os.environ.get("CTXEXT_WRITE_README"):
+        README.write_text(SUMMARY.sub(lambda m: m.group(1) + _summary(m["path"]) + m.group(4), text))
+        return
+    for m in blocks:
+        assert _norm(m["body"]) == _summary(m["path"]), f"README.md's summary of {m['path']} is stale"
 
 
 def test_the_quoted_validation_error_is_what_validate_prints(tmp_path) -> None:
