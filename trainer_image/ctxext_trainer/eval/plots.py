@@ -29,7 +29,11 @@ def _tokens(n: int) -> str:
 def _wrapped(title: str, fig_width_in: float, fontsize: float) -> str:
     """The title broken into lines that fit the figure's width (about 0.6 em per character)."""
     chars = max(12, int(fig_width_in * 72 / (0.6 * fontsize)))
-    return textwrap.fill(title, width=chars, break_long_words=False)
+    if len(title) <= chars:
+        return title
+    parts = title.split(": ")  # "job stage 2/2 (seqLen 1024): passkey accuracy" breaks after the colon first
+    return "\n".join(textwrap.fill(p + (":" if i < len(parts) - 1 else ""), width=chars, break_long_words=False)
+                     for i, p in enumerate(parts))
 
 
 def heatmap_figure(grid: Mapping[int, Mapping[float, float]], *, title: str) -> Figure:
