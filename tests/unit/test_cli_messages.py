@@ -86,3 +86,34 @@ def test_spec_errors_are_printed_verbatim_not_as_markup() -> None:
     result = runner.invoke(cli, [])
     assert result.exit_code == 2
     assert result.output.strip() == "error: spec.model.source: got '[bold]x[/bold]'"
+
+
+def test_help_has_no_bool_label_on_help_and_usage_names_the_argument_plainly() -> None:
+    top = runner.invoke(app, ["--help"], terminal_width=100)
+    assert top.exit_code == 0 and "--help" in top.output and "<bool>" not in top.output, top.output
+    for command in ("run", "plan", "validate", "render", "eval", "init-tiny"):
+        result = runner.invoke(app, [command, "--help"], terminal_width=100)
+        assert result.exit_code == 0, result.output
+        help_line = next(x for x in result.output.splitlines() if "--help" in x)
+        assert "<bool>" not in help_line, help_line
+        usage = next(x for x in result.output.splitlines() if "Usage:" in x)
+        assert "{" not in usage and "}" not in usage, usage
+    usage = next(x for x in runner.invoke(app, ["run", "--help"]).output.splitlines() if "Usage:" in x)
+    assert usage.split() == ["Usage:", "ctxext", "run", "[OPTIONS]", "MANIFEST"]
+    missing = runner.invoke(app, ["validate"])
+    assert missing.exit_code == 2 and "Usage: ctxext validate [OPTIONS] MANIFEST" in missing.output, missing.output
+
+
+def test_pyproject_license_is_an_spdx_string_setuptools_reads_without_a_warning() -> None:
+    import tomllib
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert data["project"]["license"] == "Apache-2.0"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message)[:200] for w in caught]

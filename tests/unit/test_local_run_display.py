@@ -49,3 +49,33 @@ def test_a_terminal_still_gets_the_bars(tmp_path: Path) -> None:
         bars.start(1)
         bars.update(1, _p(75))
     assert "━" in buf.getvalue() and "step 75/150" not in buf.getvalue()
+
+
+def _report(tmp_path: Path, lengths: list[int]) -> dict:
+    from ctxext.local_run.report import build_report
+    from ctxext.results import StageResult
+
+    _, plan = _job(tmp_path)
+    metrics = {"passkeyAccuracy": {str(n): 1.0 for n in lengths}, "perplexity": {str(n): 6.52 for n in lengths},
+               "effectiveLength": lengths[-1]}
+    results = [StageResult(status="Succeeded", stage=s.index, seq_len=s.seq_len, rope_theta=91896.0, final_loss=0.264,
+                           steps_done=s.steps, total_steps=s.steps, evaluation=dict(metrics)) for s in plan.stages]
+    return build_report(job_name="tiny-cpu", plan=plan, baseline=dict(metrics, ropeTheta=10000.0), results=results,
+                        lengths=lengths, status="Succeeded", wall_seconds=384.0, model_path="/m")
+
+
+def test_the_summary_fits_80_columns_without_cutting_a_header(tmp_path: Path) -> None:
+    from ctxext.local_run.display import summary_table
+
+    report = _report(tmp_path, [128, 512, 1024])
+    buf = io.StringIO()
+    _console(buf, width=80).print(summary_table(report))
+    out = buf.getvalue()
+    assert "…" not in out, out
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for word in ("passkey", "perplexity", "ropeTheta", "eff. length", "train loss", "stage 2 (512)", "91,896",
+                 "10,000", "1K", "6.52", "0.264"):
+        assert word in out, (word, out)
+    wide = io.StringIO()
+    _console(wide, width=200).print(summary_table(report))
+    assert "passkey@1024" in wide.getvalue() and "…" not in wide.getvalue()  # one table where it fits

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.text import Text
+from typer.core import TyperCommand, TyperGroup
 
 from ctxext.errors import SpecError
 from ctxext.yaml_output import dump_yaml
@@ -23,6 +24,39 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Exit code of a bad manifest or bad argument (the usual "usage error" code).
 EXIT_INVALID = 2
+
+
+def _plain_usage(piece: str) -> str:
+    """``{manifest}`` (typer's mark of a required argument) → ``MANIFEST``; ``[dir]`` → ``[DIR]``.
+
+    >>> [_plain_usage(p) for p in ("[OPTIONS]", "{manifest}", "[directory]", "COMMAND")]
+    ['[OPTIONS]', 'MANIFEST', '[DIRECTORY]', 'COMMAND']
+    """
+    if piece.startswith("{") and piece.endswith("}"):
+        return piece[1:-1].upper()
+    return piece.upper() if piece.startswith("[") else piece
+
+
+class _PlainHelp:
+    """Help as a user expects it: no ``<bool>`` type label on ``--help`` itself, arguments in the usage
+    line as ``MANIFEST`` rather than ``{manifest}``."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""  # typer shows the metavar, when set, instead of the type
+        return option
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [_plain_usage(p) for p in super().collect_usage_pieces(ctx)]  # type: ignore[misc]
+
+
+class Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class Group(_PlainHelp, TyperGroup):
+    pass
 
 
 class OutputFormat(StrEnum):

@@ -17,7 +17,7 @@ import logging
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import typer
 from rich.table import Table
@@ -26,6 +26,9 @@ from ctxext.cli.common import OutputFormat as _Formats
 from ctxext.cli.common import console, emit, err_console, reports_errors
 from ctxext.errors import SpecError
 
+DEFAULT_DEPTHS = [0.0, 0.25, 0.5, 0.75, 1.0]
+DEFAULT_SAMPLES = 5
+DEFAULT_SEED = 20240917
 TASKS = ("passkey", "needle", "multiKeyNiah", "multiValueNiah", "variableTracking", "perplexity")
 
 
@@ -120,26 +123,68 @@ def _tables(evaluation: dict[str, Any]) -> list[tuple[str, Table]]:
 def eval_(
     model: Path = typer.Option(..., "--model", help="Hugging Face model directory, or a .gguf file.",
                                show_default=False),
-    lengths: str = typer.Option(..., "--lengths", help="Comma-separated lengths in tokens, e.g. 1024,4096 or 1K,4K.",
-                                show_default=False),
-    depths: str = typer.Option("0,0.25,0.5,0.75,1", "--depths", help="Comma-separated depths in [0, 1]."),
+    lengths: str | None = typer.Option(None, "--lengths", show_default=False,
+                                       help="Comma-separated lengths in tokens, e.g. 1024,4096 or 1K,4K (required "
+                                            "without --manifest; with it: the run's lengths). Perplexity at a "
+                                            "length is measured on the start of the longest length's sequences, "
+                                            "so it depends on the longest length given."),
+    manifest: Path | None = typer.Option(
+        None, "--manifest", metavar="MANIFEST", show_default=False,
+        help="Measure as `ctxext run` and the operator do for this ContextExtensionJob: perplexity on the "
+             "held-out split of its data.source, its evaluation samplesPerCell, seed, depths and threshold, "
+             "and L0 = its originalContextLength. The numbers then equal the run's report at the same lengths "
+             "(explicit options below still win)."),
+    depths: str | None = typer.Option(None, "--depths", show_default=False,
+                                      help="Comma-separated depths in [0, 1] [default: 0,0.25,0.5,0.75,1]."),
     tasks: str = typer.Option("passkey,perplexity", "--tasks", help=f"Comma-separated, from: {', '.join(TASKS)}."),
-    samples: int = typer.Option(5, "--samples", min=1, max=10000, help="Samples per (task, length, depth) cell."),
-    seed: int = typer.Option(20240917, "--seed", help="Seed of the samples."),
+    samples: int | None = typer.Option(None, "--samples", min=1, max=10000, show_default=False,
+                                       help="Samples per (task, length, depth) cell, and the number of packed "
+                                            "sequences perplexity is averaged over [default: 5]. Perplexity "
+                                            "from 1 or 2 sequences is noisy."),
+    seed: int | None = typer.Option(None, "--seed", show_default=False, help="Seed of the samples "
+                                    "[default: 20240917]."),
     corpus: Path | None = typer.Option(None, "--corpus", help="Text/jsonl file or directory for needle haystacks "
-                                       "and perplexity (default: the builtin tiny corpus)."),
+                                       "and perplexity (default: the whole builtin tiny corpus; a run measures "
+                                       "on its held-out split — see --manifest)."),
     original_length: int | None = typer.Option(None, "--original-length", min=1,
-                                               help="L0 (position-loss bucket width); default: the model's "
-                                               "max_position_embeddings."),
+                                               help="L0 (position-loss bucket width); default: --manifest's "
+                                               "originalContextLength, else the model's max_position_embeddings "
+                                               "(for a model ctxext extended, that is its new length: one bucket)."),
     output_dir: Path | None = typer.Option(None, "--output", help="Write plots and evaluation.json to DIR/eval/."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda or auto."),
-    threshold: float = typer.Option(0.85, "--threshold", min=0.01, max=1.0,
-                                    help="Mean retrieval accuracy a length must reach to count towards the "
-                                    "effective length (RULER: 0.85)."),
+    threshold: float | None = typer.Option(None, "--threshold", min=0.01, max=1.0, show_default=False,
+                                           help="Mean retrieval accuracy a length must reach to count towards the "
+                                           "effective length [default: 0.85, RULER's]."),
     output: EvalOutput = typer.Option(EvalOutput.table, "-o", "--output-format", help="table or json."),
 ) -> None:
-    """Evaluate a local model: passkey / needle grids over lengths × depths, perplexity by length."""
-    length_list, depth_list, task_list = parse_lengths(lengths), parse_depths(depths), parse_tasks(tasks)
+    """Evaluate a local model: passkey / needle grids over lengths × depths, perplexity by length.
+
+    Perplexity is exp(mean next-token loss) over --samples packed sequences of the corpus at each length;
+    with --manifest it is measured on the same text, sequences and L0 as the run's report."""
+    task_list = parse_tasks(tasks)
+    job = None
+    if manifest is not None:
+        from ctxext.manifest import load_job
+
+        job = load_job(manifest)
+    if lengths is not None:
+        length_list = parse_lengths(lengths)
+    elif job is not None:
+        from ctxext.local_run.report import run_lengths
+        from ctxext.planner import plan_curriculum
+
+        length_list = run_lengths(plan_curriculum(job.spec), job.spec.evaluation.lengths)
+    else:
+        raise SpecError([("--lengths", "give the lengths to evaluate, e.g. --lengths 1024,4096 (or --manifest)")])
+    spec = job.spec.evaluation if job is not None else None
+    depth_list = parse_depths(depths) if depths is not None else (list(spec.depths) if spec else DEFAULT_DEPTHS)
+    samples = samples if samples is not None else (spec.samples_per_cell if spec else DEFAULT_SAMPLES)
+    seed = seed if seed is not None else (spec.seed if spec else DEFAULT_SEED)
+    threshold = threshold if threshold is not None else (spec.effective_length_threshold if spec else 0.85)
+    if job is not None and original_length is None:
+        from ctxext.planner import plan_curriculum
+
+        original_length = plan_curriculum(job.spec).original_context_length
     if not model.exists():
         raise SpecError([("--model", f"{model} does not exist")])
     if corpus is not None and not corpus.exists():
@@ -160,6 +205,16 @@ def eval_(
         texts = read_corpus_texts(corpus) if corpus is not None else None
     except (FileNotFoundError, ValueError) as exc:
         raise SpecError([("--corpus", str(exc))]) from None
+    perplexity_texts = None
+    if job is not None and corpus is None:  # the run's texts: the corpus, perplexity on its held-out split
+        from types import SimpleNamespace
+
+        from ctxext_trainer.eval.stage import stage_texts
+
+        # stage_texts reads only config.data (the run's DataSpec); the trainer calls it with the stage config
+        texts, perplexity_texts, note = stage_texts(cast(Any, SimpleNamespace(data=job.spec.data)))
+        if note:
+            err_console.print(f"[yellow]note:[/] {note}", highlight=False)
     started = time.monotonic()
     try:
         lm, tokenizer = load_for_eval(model, device=device)
@@ -169,7 +224,8 @@ def eval_(
     try:
         evaluation = evaluate_model(lm, tokenizer, tasks=task_list, lengths=length_list, depths=depth_list,
                                     samples_per_cell=samples, seed=seed, original_length=l0, output_dir=output_dir,
-                                    corpus_texts=texts, title=model.name, effective_length_threshold=threshold)
+                                    corpus_texts=texts, perplexity_texts=perplexity_texts, title=model.name,
+                                    effective_length_threshold=threshold)
     except ValueError as exc:
         raise SpecError([("", str(exc))]) from None
     if output_dir is not None:

@@ -1,4 +1,4 @@
-"""What `ctxext run` shows: a rich progress bar per stage and the final summary table."""
+"""What `ctxext run` shows: a rich progress bar (or plain lines) per stage and the final summary table."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.errors import MarkupError
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -114,29 +115,78 @@ def _plain(markup: str) -> str:
         return markup
 
 
-def summary_table(report: dict[str, Any]) -> Table:
+def summary_table(report: dict[str, Any]) -> SummaryTable:
     """Passkey accuracy and perplexity by length, and the effective length (the longest length up to
     which the mean accuracy of the retrieval tasks run stays at or above the threshold,
-    :mod:`ctxext.effective_length`), for the base model and after each stage."""
-    lengths = [str(n) for n in report["lengths"]]
-    table = Table(title=f"{report['job']}: {report['originalContextLength']} → {report['lengths'][-1]} tokens "
-                        f"({report['thetaRule']}) — {report['status']} in {report['wallSeconds']:.0f}s")
-    table.add_column("model")
-    table.add_column("ropeTheta", justify="right")
-    for n in lengths:
-        table.add_column(f"passkey@{n}", justify="right")
-    for n in lengths:
-        table.add_column(f"ppl@{n}", justify="right")
-    table.add_column("eff. length", justify="right")
-    table.add_column("train loss", justify="right")
-    rows = [("base", report["baseline"], None)] + [(f"stage {s['index']} ({s['seqLen']})", s, s.get("finalLoss"))
-                                                   for s in report["stages"]]
-    for name, m, loss in rows:
-        table.add_row(name, _fmt(m.get("ropeTheta"), ",.0f"),
-                      *(_fmt((m.get("passkeyAccuracy") or {}).get(n), ".2f") for n in lengths),
-                      *(_fmt((m.get("perplexity") or {}).get(n), ".2f") for n in lengths),
-                      _fmt(m.get("effectiveLength"), ",d"), _fmt(loss, ".3f"))
-    return table
+    :mod:`ctxext.effective_length`), for the base model and after each stage.
+
+    One table where the console is wide enough; on a narrower one (an 80-column terminal) two, passkey
+    accuracy and perplexity, whose columns are headed by the length alone, so no header is cut to
+    "pass…"."""
+    return SummaryTable(report)
+
+
+class SummaryTable:
+    """The summary, laid out for the width it is rendered at (see :func:`summary_table`)."""
+
+    def __init__(self, report: dict[str, Any]):
+        self.report = report
+        self.lengths = [str(n) for n in report["lengths"]]
+        self.rows = [("base", report["baseline"], None)] + [
+            (f"stage {s['index']} ({s['seqLen']})", s, s.get("finalLoss")) for s in report["stages"]]
+
+    def title(self) -> str:
+        r = self.report
+        return (f"{r['job']}: {r['originalContextLength']} → {r['lengths'][-1]} tokens ({r['thetaRule']}) — "
+                f"{r['status']} in {r['wallSeconds']:.0f}s")
+
+    def wide(self) -> Table:
+        table = Table(title=self.title())
+        table.add_column("model", no_wrap=True)
+        table.add_column("ropeTheta", justify="right")
+        for n in self.lengths:
+            table.add_column(f"passkey@{n}", justify="right")
+        for n in self.lengths:
+            table.add_column(f"ppl@{n}", justify="right")
+        table.add_column("eff. length", justify="right")
+        table.add_column("train loss", justify="right")
+        for name, m, loss in self.rows:
+            table.add_row(name, _fmt(m.get("ropeTheta"), ",.0f"), *self._cells(m, "passkeyAccuracy"),
+                          *self._cells(m, "perplexity"), _fmt(m.get("effectiveLength"), ",d"), _fmt(loss, ".3f"))
+        return table
+
+    def narrow(self) -> list[Table]:
+        heads = [_tokens(int(n)) for n in self.lengths]
+        accuracy = Table(title=self.title() + "\npasskey accuracy by length (tokens)")
+        accuracy.add_column("model", no_wrap=True)
+        accuracy.add_column("ropeTheta", justify="right", no_wrap=True)
+        for h in heads:
+            accuracy.add_column(h, justify="right", no_wrap=True)
+        accuracy.add_column("eff. length", justify="right", no_wrap=True)
+        accuracy.add_column("train loss", justify="right", no_wrap=True)
+        perplexity = Table(title="held-out perplexity by length (tokens)")
+        perplexity.add_column("model", no_wrap=True)
+        for h in heads:
+            perplexity.add_column(h, justify="right", no_wrap=True)
+        for name, m, loss in self.rows:
+            accuracy.add_row(name, _fmt(m.get("ropeTheta"), ",.0f"), *self._cells(m, "passkeyAccuracy"),
+                             _fmt(m.get("effectiveLength"), ",d"), _fmt(loss, ".3f"))
+            perplexity.add_row(name, *self._cells(m, "perplexity"))
+        return [accuracy, perplexity]
+
+    def _cells(self, m: dict[str, Any], metric: str) -> list[str]:
+        return [_fmt((m.get(metric) or {}).get(n), ".2f") for n in self.lengths]
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        wide = self.wide()
+        if Measurement.get(console, options.update(max_width=100_000), wide).maximum <= options.max_width:
+            yield wide
+        else:
+            yield from self.narrow()
+
+
+def _tokens(n: int) -> str:
+    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def checks_table(report: dict[str, Any]) -> Table:

@@ -1,7 +1,7 @@
 """`ctxext run`: the whole curriculum on one machine, with the cluster's planner, trainer and gates.
 
 For each stage not yet done: write ``stage-<i>/stage-config.json``, run
-``python -m torch.distributed.run --standalone --nproc-per-node N -m ctxext_trainer --stage-config F``
+``python -m ctxext_trainer.launch --standalone --nproc-per-node N -m ctxext_trainer --stage-config F``
 (gloo on CPU, ``OMP_NUM_THREADS=1`` per process), poll ``train_log.jsonl`` for the progress bars,
 then read result.json (the trainer evaluates the stage), judge it and write the verdict back into
 result.json; a failed attempt is retried as ``failurePolicy`` says. Before stage 1 the base model is
@@ -57,7 +57,9 @@ def _env() -> dict[str, str]:
 
 
 def trainer_command(config_path: Path, nproc: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+    # ctxext_trainer.launch is torchrun that exits with the trainer's code and, on Ctrl-C's SIGTERM,
+    # quietly with 143 (plain torchrun leaves a SignalException traceback in trainer.log).
+    return [sys.executable, "-m", "ctxext_trainer.launch", "--standalone", "--nproc-per-node", str(nproc),
             "-m", "ctxext_trainer", "--stage-config", str(config_path)]
 
 

@@ -51,9 +51,10 @@ def stage_texts(config: StageConfig) -> tuple[list[str] | None, list[str] | None
 
 
 def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, output_dir: Path, is_rank0: bool,
-                   registry: Any = None, sequence_group: Any = None) -> dict[str, Any]:
+                   registry: Any = None, sequence_group: Any = None, title: str | None = None) -> dict[str, Any]:
     """The stage's ``evaluation`` dict (metric → {"<length>": value}, positionLoss at the longest
-    length, plots). ``registry``: the trainer's prometheus registry, so its /metrics serves the gauges."""
+    length, plots). ``registry``: the trainer's prometheus registry, so its /metrics serves the gauges;
+    ``title``: the plots' title (default: the job, stage and seqLen)."""
     spec = config.evaluation
     lengths: Sequence[int] = config.eval_lengths or sorted({config.original_context_length, config.seq_len})
     tasks = [str(t) for t in spec.tasks]
@@ -68,7 +69,7 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
         seed=spec.seed, original_length=config.original_context_length, output_dir=output_dir,
         corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
         labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
-        title=f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
+        title=title or f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
         effective_length_threshold=spec.effective_length_threshold, sequence_group=sequence_group,
         shard_above=config.original_context_length)
     if notes:

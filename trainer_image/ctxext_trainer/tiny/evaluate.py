@@ -20,6 +20,11 @@ import torch
 from ctxext.stage_config import StageConfig, read_stage_config
 
 
+def plot_title(config: StageConfig) -> str:
+    """The baseline's plots are the base model's, not stage 1's: ``tiny-cpu base model (θ 10,000)``."""
+    return f"{config.job} base model (θ {config.rope_theta:,.0f})"
+
+
 def evaluate_config(config: StageConfig) -> dict[str, Any]:
     """The evaluation of ``config.model_path`` as the trainer would report it after a stage."""
     from ctxext_trainer.eval.stage import evaluate_stage
@@ -40,7 +45,8 @@ def evaluate_config(config: StageConfig) -> dict[str, Any]:
         torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
     try:
         with torch.no_grad():
-            return dict(evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir), is_rank0=True))
+            return dict(evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir), is_rank0=True,
+                                       title=plot_title(config)))
     finally:
         if own_group:
             torch.distributed.destroy_process_group()
