@@ -34,9 +34,11 @@ from pydantic import ConfigDict, Field
 from ctxext.api.base import ApiModel
 
 RESULT_FILE = "result.json"
-REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel", "Error")
-#: Failures no retry can mend (the base model itself cannot be extended): the operator fails the job at once.
-PERMANENT_REASON_CODES = ("UnsupportedModel",)
+REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel",
+                "EvaluationOutOfMemory", "Error")
+#: Failures no retry can mend (the base model itself cannot be extended; evaluation at the spec's lengths
+#: does not fit): the operator fails the job at once.
+PERMANENT_REASON_CODES = ("UnsupportedModel", "EvaluationOutOfMemory")
 
 
 class Health(ApiModel):
