@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# One-shot GPU run: the throughput table (bench/gpu_throughput.py) and, with 2+ GPUs, the
-# sequence-parallel check (bench/gpu_sp_check.py), all within TOTAL_SECONDS (540, under the
-# device machines' 10-minute command limit). For a bare GPU machine: python3 with torch,
+# One-shot GPU run: the throughput table (bench/gpu_throughput.py), with 2+ GPUs the
+# sequence-parallel check (bench/gpu_sp_check.py), and the device checks of issue #25
+# (bench/gpu_check_*.py), all within TOTAL_SECONDS (540, under the device machines' 10-minute
+# command limit). For a bare GPU machine: python3 with torch,
 # transformers, accelerate, safetensors, numpy, psutil, ... but without deepspeed, pydantic or
 # hjson, no internet, and this repository copied but not installed.
 #
 #   bash bench/gpu_device_run.sh                # in the repository root, with .whl/ beside it
+#   PHASES=checks bash bench/gpu_device_run.sh  # only the #25 checks (phase 4): about 3 minutes
+#   DRY_RUN=1 bash bench/gpu_device_run.sh      # print the phases and commands, run nothing
+#   PHASES=checks CHECK_ARGS=--smoke-cpu OUT=/tmp/o bash bench/gpu_device_run.sh   # CPU rehearsal
 #
-# Phases, each given what is left of TOTAL_SECONDS:
+# Phases (PHASES, comma-separated, default all four in this order), each given what is left of TOTAL_SECONDS:
 #   1. throughput: 16K/32K/64K, trainer `default` variant vs the plain loop (THROUGHPUT_SECONDS, 300)
 #   2. before/after: the pre-#16 behaviour (`zero3` variant) at 16K only, if 90 s are left
 #   3. SP check: Ulysses x ring and ring-only stages vs one GPU at 16K, if 2+ GPUs and 120 s are left
 #      (otherwise gpu_sp_check.json says why it was skipped)
+#   4. checks: every bench/gpu_check_*.py in name order, if 60 s are left, each with --json-out
+#      $OUT/<name>.json --log-dir --budget-seconds (what is left) and CHECK_ARGS. A check prints a
+#      table, writes one JSON object and exits 0 when it holds. Issue #25: gpu_check_eval.py (items
+#      1 and 4: evaluation peak per rank vs the planner's estimate, unsharded and sharded over the
+#      GPUs, chunked prefill vs the old one-shot cached prefill, the ring kernel CUDA picks); the
+#      checks of items 2 and 5 (preemption through launch, fp32 gradient accumulation) are added as
+#      bench/gpu_check_<name>.py with the same options and run here without editing this script.
 #
 # .whl/ (git-ignored, carried to the machine) holds the wheels the trainer path needs and the
 # machine lacks: deepspeed 0.19.8 (pure Python, built here with no ops), pydantic + pydantic-core
@@ -26,13 +37,14 @@
 #
 # Left in $OUT (and copied to bench/results/ of this checkout, named by GPU and UTC time):
 # gpu_throughput.log (everything printed), gpu_throughput.json (the main table, rewritten after
-# every cell), gpu_throughput_zero3.json, gpu_sp_check.json, cell_logs.tgz. Exit code: that of
-# the main table (0 = every cell ok).
+# every cell), gpu_throughput_zero3.json, gpu_sp_check.json, gpu_check_*.json, cell_logs.tgz. Exit
+# code: that of the main table (0 = every cell ok), else of the first failing check.
 #
 # Knobs (environment): OUT (default /tmp/gpu-out), PYTHON (python3), WHEELS (.whl), SITE
 # (/tmp/site), TOTAL_SECONDS (540), THROUGHPUT_SECONDS (300), BENCH_ARGS (replaces the main
 # table's arguments; used for the CPU rehearsal with --smoke-cpu), ZERO3_ARGS, SP_ARGS (likewise
-# for phases 2 and 3; SP_ARGS="--smoke-cpu --nproc 4 ..." rehearses the SP check on CPU).
+# for phases 2 and 3; SP_ARGS="--smoke-cpu --nproc 4 ..." rehearses the SP check on CPU), PHASES,
+# CHECK_ARGS (added to every check of phase 4), DRY_RUN=1 (print, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -49,6 +61,20 @@ DEFAULT_ARGS="--lengths 16384,32768,65536 --variants default --steps 3 --warmup 
 read -r -a BENCH <<<"${BENCH_ARGS:-$DEFAULT_ARGS}"
 read -r -a ZERO3 <<<"${ZERO3_ARGS:---lengths 16384 --variants zero3 --skip-plain --steps 3 --warmup 1 --timeout 80}"
 read -r -a SPCHECK <<<"${SP_ARGS:---seq-len 16384 --steps 3 --timeout 100}"
+read -r -a CHECKARGS <<<"${CHECK_ARGS:-}"
+PHASES=",${PHASES:-throughput,zero3,sp,checks},"
+DRY=${DRY_RUN:-0}
+
+phase() { [[ $PHASES == *",$1,"* ]]; }
+
+# Run a phase's command, or with DRY_RUN=1 only print it.
+run() {
+    if [[ $DRY == 1 ]]; then
+        echo "DRY_RUN: $*"
+    else
+        "$@"
+    fi
+}
 
 left() { echo $((TOTAL - ($(date +%s) - START))); }
 
@@ -122,38 +148,73 @@ main() {
     df -h /dev/shm /tmp 2>/dev/null
     echo "== wheels"
     ls -l "$WHEELS" 2>/dev/null
-    install_wheels
+    [[ $DRY == 1 ]] || install_wheels
     export PYTHONPATH="$SITE:$PWD/operator:$PWD/trainer_image${PYTHONPATH:+:$PYTHONPATH}"
     export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
     export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=${HF_HOME:-/tmp/hf-home}
     export DS_BUILD_OPS=0 DS_SKIP_CUDA_CHECK=1
     echo "PYTHONPATH=$PYTHONPATH"
     echo "== preflight"
-    preflight
-    echo "== 1. bench/gpu_throughput.py ${BENCH[*]} --budget-seconds $BUDGET"
+    [[ $DRY == 1 ]] || preflight
     local rc=0 budget
-    "$PY" bench/gpu_throughput.py "${BENCH[@]}" --budget-seconds "$BUDGET" \
-        --json-out "$OUT/gpu_throughput.json" --log-dir "$CELL_LOGS" || rc=$?
-    echo "== gpu_throughput.py exit code $rc at $(date -u +%FT%TZ), $(left) s left"
+    if phase throughput; then
+        echo "== 1. bench/gpu_throughput.py ${BENCH[*]} --budget-seconds $BUDGET"
+        run "$PY" bench/gpu_throughput.py "${BENCH[@]}" --budget-seconds "$BUDGET" \
+            --json-out "$OUT/gpu_throughput.json" --log-dir "$CELL_LOGS" || rc=$?
+        echo "== gpu_throughput.py exit code $rc at $(date -u +%FT%TZ), $(left) s left"
+    fi
     budget=$(($(left) - 20))
-    if ((budget >= 90)); then
+    if ! phase zero3; then
+        echo "== 2. not in PHASES"
+    elif ((budget >= 90)); then
         echo "== 2. bench/gpu_throughput.py ${ZERO3[*]} --budget-seconds $budget"
-        "$PY" bench/gpu_throughput.py "${ZERO3[@]}" --budget-seconds "$budget" \
+        run "$PY" bench/gpu_throughput.py "${ZERO3[@]}" --budget-seconds "$budget" \
             --json-out "$OUT/gpu_throughput_zero3.json" --log-dir "$CELL_LOGS" || echo "(zero3 phase: exit $?)"
     else
         echo "== 2. skipped: $budget s left"
     fi
     budget=$(($(left) - 10))
-    if ((budget >= 120)); then
+    if ! phase sp; then
+        echo "== 3. not in PHASES"
+    elif ((budget >= 120)); then
         echo "== 3. bench/gpu_sp_check.py ${SPCHECK[*]} (timeout $budget s)"
-        timeout "$budget" "$PY" bench/gpu_sp_check.py "${SPCHECK[@]}" --json-out "$OUT/gpu_sp_check.json" \
+        run timeout "$budget" "$PY" bench/gpu_sp_check.py "${SPCHECK[@]}" --json-out "$OUT/gpu_sp_check.json" \
             --log-dir "$CELL_LOGS" || echo "(SP check: exit $?)"
     else
         echo "== 3. skipped: $budget s left"
         echo '{"bench": "gpu_sp_check", "skipped": "no time left in the device run"}' >"$OUT/gpu_sp_check.json"
     fi
+    if phase checks; then
+        run_checks || { ((rc == 0)) && rc=1; }
+    else
+        echo "== 4. not in PHASES"
+    fi
     save_results
     return "$rc"
+}
+
+run_checks() {
+    # Phase 4: each bench/gpu_check_*.py, given what is left; a check that fails or runs out of time
+    # fails the phase, and a skipped one says so in its JSON.
+    local check name budget failed=0 code
+    for check in bench/gpu_check_*.py; do
+        [[ -f $check ]] || continue
+        name=$(basename "$check" .py)
+        budget=$(($(left) - 10))
+        if ((budget < 60)); then
+            echo "== 4. $name skipped: $budget s left"
+            echo "{\"bench\": \"$name\", \"skipped\": \"no time left in the device run\"}" >"$OUT/$name.json"
+            failed=1
+            continue
+        fi
+        echo "== 4. $check ${CHECKARGS[*]} --budget-seconds $((budget * 2 / 3)) (timeout $budget s)"
+        code=0
+        run timeout "$budget" "$PY" "$check" "${CHECKARGS[@]}" --budget-seconds "$((budget * 2 / 3))" \
+            --json-out "$OUT/$name.json" --log-dir "$CELL_LOGS" || code=$?
+        echo "== $name exit code $code at $(date -u +%FT%TZ), $(left) s left"
+        ((code == 0)) || failed=1
+    done
+    return "$failed"
 }
 
 save_results() {
@@ -162,8 +223,9 @@ save_results() {
     gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr -cs 'A-Za-z0-9' '_' | tr 'A-Z' 'a-z')
     stamp=$(date -u +%Y%m%dT%H%MZ)
     mkdir -p bench/results
-    for f in gpu_throughput gpu_throughput_zero3 gpu_sp_check; do
-        [[ -f "$OUT/$f.json" ]] && cp "$OUT/$f.json" "bench/results/${f}_${gpu:-cpu}_$stamp.json"
+    for f in "$OUT"/gpu_throughput.json "$OUT"/gpu_throughput_zero3.json "$OUT"/gpu_sp_check.json \
+        "$OUT"/gpu_check_*.json; do
+        [[ -f "$f" ]] && cp "$f" "bench/results/$(basename "$f" .json)_${gpu:-cpu}_$stamp.json"
     done
     echo "== results copied to bench/results/*_${gpu:-cpu}_$stamp.json"
 }

@@ -6,8 +6,11 @@ After training, every rank loads the whole exported model (Ψ·a bytes) and eval
   ``EVAL_TOKENS_PER_BATCH // length`` sequences (b), t = b·length tokens. Perplexity runs the
   forward without a KV cache: one layer's intermediates ``t·E·a`` plus the final hidden states and
   ``b·EVAL_LOSS_CHUNK`` positions of logits; retrieval decodes with a KV cache
-  (``layers·t·2·kv·a``), prefilled in chunks of ``PREFILL_CHUNK`` tokens (``b·chunk·E·a``).
-  The larger of the two counts.
+  (``layers·t·2·kv·a``), prefilled in chunks of ``PREFILL_CHUNK`` tokens (``b·chunk·E·a``); a
+  left-padded batch (retrieval prompts fall a few tokens short of their length) and every chunk
+  after the first attend through a ``chunk × length`` mask, boolean and converted by sdpa to the
+  model dtype (``b·chunk·length·(1 + a)``; one 16K prompt of the tiny shape in fp32: 320 MiB of the
+  395 MiB its decode peaks at). The larger of the two counts.
 * longer lengths with ``sequenceParallel`` R > 1: one sequence per R ranks, sharded as in training
   (zigzag ring over the R ranks), t = length / R tokens per rank, no KV cache: one layer's
   intermediates ``t·E·a``, the ring's K/V (own, in flight, outgoing: ``6·t·kv·a``), its fp32 output,
@@ -47,6 +50,7 @@ class EvalMemoryEstimate:
     activations: float
     kv_cache: float
     attention: float
+    """The ring's buffers (sharded), or the chunked prefill's attention mask (unsharded)."""
     logits: float
     overhead: float
 
@@ -58,10 +62,10 @@ class EvalMemoryEstimate:
         """One line of numbers for an error message.
 
         >>> EvalMemoryEstimate(1024, True, 15.0, 3.9, 0.0, 2.4, 1.2, 1.5).describe()
-        'weights 15.0, activations 3.9, KV cache 0.0, ring 2.4, logits 1.2 GiB'
+        'weights 15.0, activations 3.9, KV cache 0.0, attention 2.4, logits 1.2 GiB'
         """
         return (f"weights {self.weights:.1f}, activations {self.activations:.1f}, KV cache {self.kv_cache:.1f}, "
-                f"ring {self.attention:.1f}, logits {self.logits:.1f} GiB")
+                f"attention {self.attention:.1f}, logits {self.logits:.1f} GiB")
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(float(v), 3) for k, v in {**asdict(self), "total": self.total}.items()}
@@ -77,8 +81,8 @@ def estimate_eval_memory(arch: ModelArchitecture, *, length: int, sequence_paral
     >>> e.sharded, round(e.total, 1), round(e.activations, 2), round(e.attention, 2)
     (True, 24.1, 3.85, 2.61)
     >>> e = estimate_eval_memory(a, length=1048576, sequence_parallel=1, original_length=8192, on_gpu=True)
-    >>> e.sharded, round(e.activations), round(e.total)  # one layer's intermediates of 1M tokens
-    (False, 132, 150)
+    >>> e.sharded, round(e.kv_cache), round(e.attention), round(e.total)  # decoding: KV cache + prefill mask
+    (False, 128, 12, 157)
     """
     a = 2 if on_gpu else 4
     h, inter, vocab, layers = arch.hidden_size, arch.intermediate_size, arch.vocab_size, arch.num_layers
@@ -97,9 +101,10 @@ def estimate_eval_memory(arch: ModelArchitecture, *, length: int, sequence_paral
     t = b * length
     losses = (t * per_token * a + t * h * a) * FRAGMENTATION + b * min(length, EVAL_LOSS_CHUNK) * logit_bytes
     cache = layers * t * 2 * kv * a
-    decode = cache + b * min(length, PREFILL_CHUNK) * per_token * a * FRAGMENTATION
-    if decode > losses:
-        return EvalMemoryEstimate(length, False, weights, (decode - cache) / GIB, cache / GIB, 0.0, 0.0, overhead)
+    chunk = b * min(length, PREFILL_CHUNK)
+    prefill, mask = chunk * per_token * a * FRAGMENTATION, chunk * length * (1 + a)
+    if cache + prefill + mask > losses:
+        return EvalMemoryEstimate(length, False, weights, prefill / GIB, cache / GIB, mask / GIB, 0.0, overhead)
     acts = (t * per_token * a + t * h * a) * FRAGMENTATION
     return EvalMemoryEstimate(length, False, weights, acts / GIB, 0.0, 0.0, (losses - acts) / GIB, overhead)
 

@@ -43,10 +43,11 @@ from ctxext.api.base import ApiModel
 
 RESULT_FILE = "result.json"
 REASON_CODES = ("NonFiniteGradients", "LossSpikes", "GateFailed", "Preempted", "UnsupportedModel", "WorldSizeChanged",
-                "Error")
+                "EvaluationOutOfMemory", "Error")
 #: Failures no retry can mend (the base model itself cannot be extended; the stage's checkpoint was written
-#: by another number of processes): the operator fails the job at once.
-PERMANENT_REASON_CODES = ("UnsupportedModel", "WorldSizeChanged")
+#: by another number of processes; evaluation at the spec's lengths does not fit): the operator fails the job
+#: at once.
+PERMANENT_REASON_CODES = ("UnsupportedModel", "WorldSizeChanged", "EvaluationOutOfMemory")
 
 
 class Health(ApiModel):

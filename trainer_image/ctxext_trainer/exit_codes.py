@@ -8,8 +8,9 @@ options) so the pod exits with these codes.
 0     stage finished (result.json status Succeeded)
 1     unexpected error (traceback in the log; result.json status Failed, reasonCode Error)
 2     bad stage config (message names the field), or a base model theta scaling cannot extend
-      (result.json reasonCode UnsupportedModel, e.g. a `dynamic` RoPE type), or a checkpoint written
-      by another number of processes (reasonCode WorldSizeChanged): retrying cannot help
+      (result.json reasonCode UnsupportedModel, e.g. a `dynamic` RoPE type), a checkpoint written
+      by another number of processes (reasonCode WorldSizeChanged), or evaluation out of memory
+      (reasonCode EvaluationOutOfMemory, after the model is exported): retrying cannot help
 3     guarded stop: the gradient-health guard stopped the stage (NonFiniteGradients or
       LossSpikes; result.json says which and at which step). Not a crash: do not restart the
       pod; the operator starts a new attempt per failurePolicy.onNonFiniteGradients

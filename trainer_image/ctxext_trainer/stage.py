@@ -26,6 +26,7 @@ from ctxext_trainer.data.batches import build_stage_data
 from ctxext_trainer.data.packing import StreamState
 from ctxext_trainer.distributed import Topology, close_distributed, init_distributed
 from ctxext_trainer.engine import GRADIENT_CLIPPING, build_engine, deepspeed_config, lr_factor
+from ctxext_trainer.eval.oom import EvaluationOutOfMemory
 from ctxext_trainer.export import export_model
 from ctxext_trainer.fused_ce import loss_kernel
 from ctxext_trainer.guard import HealthGuard
@@ -216,6 +217,10 @@ def run_stage(config: StageConfig) -> int:
     except WorldSizeChanged as exc:  # every retry would fail the same way
         log.error("stage failed: %s", exc)
         _write_failure(config, topo, str(exc), WORLD_SIZE_CHANGED)
+        return exit_codes.BAD_CONFIG
+    except EvaluationOutOfMemory as exc:  # the same lengths run out again on every retry
+        log.error("stage failed: %s", exc)
+        _write_failure(config, topo, str(exc), EvaluationOutOfMemory.REASON_CODE)
         return exit_codes.BAD_CONFIG
     except Exception as exc:
         log.exception("stage failed")

@@ -16,21 +16,31 @@ holds a long sequence's activations or any KV cache of it. Example::
     evaluation = evaluate_stage(model, tokenizer, config, output_dir=Path(config.output_dir),
                                 is_rank0=topo.is_rank0)
     # {"passkeyAccuracy": {"128": 1.0, "256": 0.9}, "perplexity": {...}, "positionLoss": [...], "plots": [...]}
+
+An allocator's out-of-memory error during evaluation (CUDA's, or the CPU allocator's) becomes
+:class:`ctxext_trainer.eval.oom.EvaluationOutOfMemory`: the same model at the same lengths runs out
+again on every retry, so the trainer reports it as permanent (reasonCode ``EvaluationOutOfMemory``,
+exit code 2) with what to change. Fault injection for tests: ``CTXEXT_INJECT_EVAL_ALLOCATION_BYTES=N`` allocates N bytes
+when evaluation starts.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ctxext.stage_config import StageConfig
+from ctxext_trainer.eval.oom import EvaluationOutOfMemory, out_of_memory
 from ctxext_trainer.eval.suite import builtin_corpus_texts, evaluate_model
 from ctxext_trainer.eval.tasks import CORPUS_TASKS
 from ctxext_trainer.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
+INJECT_ALLOCATION_ENV = "CTXEXT_INJECT_EVAL_ALLOCATION_BYTES"
+
 
 
 def stage_texts(config: StageConfig) -> tuple[list[str] | None, list[str] | None, str | None]:
@@ -64,14 +74,28 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
         dropped = [t for t in tasks if t in CORPUS_TASKS]
         notes.append(f"{', '.join(dropped)} skipped: no corpus text")
         tasks = [t for t in tasks if t not in CORPUS_TASKS]
-    evaluation = evaluate_model(
-        model, tokenizer, tasks=tasks, lengths=lengths, depths=spec.depths, samples_per_cell=spec.samples_per_cell,
-        seed=spec.seed, original_length=config.original_context_length, output_dir=output_dir,
-        corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
-        labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
-        title=title or f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
-        effective_length_threshold=spec.effective_length_threshold, sequence_group=sequence_group,
-        shard_above=config.original_context_length)
+    try:
+        if os.environ.get(INJECT_ALLOCATION_ENV):
+            import torch
+
+            torch.empty(int(os.environ[INJECT_ALLOCATION_ENV]), dtype=torch.uint8)
+        evaluation = evaluate_model(
+            model, tokenizer, tasks=tasks, lengths=lengths, depths=spec.depths,
+            samples_per_cell=spec.samples_per_cell, seed=spec.seed, original_length=config.original_context_length,
+            output_dir=output_dir, corpus_texts=haystack, perplexity_texts=ppl_texts, registry=registry,
+            labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
+            title=title or f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
+            effective_length_threshold=spec.effective_length_threshold, sequence_group=sequence_group,
+            shard_above=config.original_context_length)
+    except Exception as exc:
+        if not out_of_memory(exc):
+            raise
+        sp = config.sequence_parallel
+        raise EvaluationOutOfMemory(
+            f"stage {config.stage}'s evaluation at lengths {', '.join(map(str, lengths))} ran out of memory "
+            f"({str(exc).splitlines()[0][:200]}); lengths above {config.original_context_length} are sharded over "
+            f"sequenceParallel {sp}. The stage's model is exported; a retry would run out again: evaluate shorter "
+            "lengths (spec.evaluation.lengths), raise the stage's sequenceParallel, or disable evaluation") from None
     if notes:
         evaluation["notes"] = notes + list(evaluation.get("notes", []))
     if is_rank0:
