@@ -6,6 +6,7 @@ object comes from :func:`ctxext.controller.runner.run` through kopf's memo (``me
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from ctxext.api.base import GROUP, PLURAL, VERSION
 from ctxext.config import OperatorConfig
 from ctxext.controller.crdcheck import CRD_NAME, check_served_crd
 from ctxext.controller.engine import API_THREADS, Engine
+from ctxext.controller.health import ApiContact
 from ctxext.controller.kube import KubeApi
 
 PREFIX = "ctxext.dev"
@@ -58,9 +61,20 @@ def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
     api_client = client.ApiClient(api_config)
     if cfg.crd_check:
         _check_crd(client.ApiextensionsV1Api(api_client), logger)
-    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(api_client), core=client.CoreV1Api(api_client)))
+    custom = client.CustomObjectsApi(api_client)
+    memo.engine = Engine(cfg, KubeApi(custom, core=client.CoreV1Api(api_client)))
+    memo.api_contact = ApiContact(functools.partial(_list_one_job, custom, cfg.namespaces[:1]),
+                                  cfg.health_stale_seconds, interval=min(10.0, cfg.health_stale_seconds / 3))
     logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
                 ", ".join(cfg.namespaces) or "all", cfg.resync_seconds)
+
+
+def _list_one_job(custom: client.CustomObjectsApi, namespaces: list[str]) -> None:
+    """The liveness probe's API request: cheap, and inside the operator's RBAC in both modes."""
+    if namespaces:
+        custom.list_namespaced_custom_object(GROUP, VERSION, namespaces[0], PLURAL, limit=1, _request_timeout=10)
+    else:
+        custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _request_timeout=10)
 
 
 def _check_crd(ext: client.ApiextensionsV1Api, logger: Any) -> None:
