@@ -190,3 +190,21 @@ def test_rule_is_optional_and_carries_its_release_label():
     [rule] = kinds(render({"prometheusRule": {"enabled": True, "release": "prom", "labels": {"a": "b"}}}),
                    "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom" and rule["metadata"]["labels"]["a"] == "b"
+
+
+def test_exported_series_follow_prometheus_naming_conventions(promtool: str):
+    """`promtool check metrics` lints the real expositions (units, _total on counters, help texts, snake_case)
+    of a trainer's rank 0 after a step and an evaluation, and of the operator."""
+    from prometheus_client import generate_latest
+
+    import ctxext.controller.metrics  # noqa: F401 - registers the operator's series
+    from ctxext_trainer.eval.metrics import publish
+
+    trainer = _trainer_registry()
+    publish({"passkey": {512: {0.5: 0.8}}}, {512: 3.35}, labels={"cej": "tiny", "cej_namespace": "team-a",
+                                                                   "stage": "2"}, registry=trainer)
+    for name, registry in (("trainer", trainer), ("operator", REGISTRY)):
+        text = generate_latest(registry)
+        assert b"ctxext_" in text
+        done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+        assert done.returncode == 0 and not done.stdout.strip(), (name, done.stdout + done.stderr)
