@@ -59,8 +59,11 @@ def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
     api_config = client.Configuration.get_default_copy()
     api_config.connection_pool_maxsize = API_THREADS
     api_client = client.ApiClient(api_config)
-    if cfg.crd_check:
+    if cfg.crd_check and not cfg.namespaces:
         _check_crd(client.ApiextensionsV1Api(api_client), logger)
+    elif cfg.crd_check:  # watching a list of namespaces, the operator has no cluster-wide rights: no request
+        logger.info("CRD check skipped (reading CustomResourceDefinitions needs cluster-wide rights): make sure "
+                    "the served %s is this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
     custom = client.CustomObjectsApi(api_client)
     memo.engine = Engine(cfg, KubeApi(custom, core=client.CoreV1Api(api_client)))
     memo.api_contact = ApiContact(functools.partial(_list_one_job, custom, cfg.namespaces[:1]),
@@ -88,8 +91,8 @@ def _check_crd(ext: client.ApiextensionsV1Api, logger: Any) -> None:
     except client.ApiException as exc:
         if exc.status != 403:
             raise
-        logger.warning("cannot read CustomResourceDefinition %s (no rights in namespaced mode): make sure it is "
-                       "this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
+        logger.warning("cannot read CustomResourceDefinition %s (no get right on customresourcedefinitions): make "
+                       "sure it is this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
         return
     if error:
         raise kopf.PermanentError(error)  # kopf logs it and stops; runner.run reports it as the one error
