@@ -15,7 +15,7 @@ import pytest
 from tests.integration.operator_harness import OperatorProcess, free_port, wait_for
 from tests.reliability.test_apiserver_restart import Forwarder, _server_port
 
-pytestmark = pytest.mark.apiserver
+pytestmark = [pytest.mark.apiserver, pytest.mark.slow]  # ~75 s: staleness + kopf's 10 s probe cache
 STALE = 20  # more than kopf's 10 s cache of probe answers plus one check interval
 
 
