@@ -10,13 +10,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tests.chart.rendering import NAMESPACE, kinds, render
 
-VALUES = {"prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}, "trainingStalledFor": "30m",
+VALUES = {"serviceMonitor": {"enabled": True},
+          "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}, "trainingStalledFor": "30m",
                              "notStartingFor": "30m", "reconcileLatencySeconds": 5}}
 OPERATOR = {"job": "ctxext-metrics", "namespace": NAMESPACE, "instance": "10.0.0.5:8080", "pod": "ctxext-7d9f"}
 TRAINER = {"job": "ctxext-system/ctxext-trainer", "namespace": "team-a", "instance": "10.0.1.7:9400",
@@ -187,9 +189,16 @@ def test_every_series_an_alert_queries_is_exported():
 
 def test_rule_is_optional_and_carries_its_release_label():
     assert not kinds(render(), "PrometheusRule")
-    [rule] = kinds(render({"prometheusRule": {"enabled": True, "release": "prom", "labels": {"a": "b"}}}),
+    [rule] = kinds(render({"serviceMonitor": {"enabled": True},
+                           "prometheusRule": {"enabled": True, "release": "prom", "labels": {"a": "b"}}}),
                    "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom" and rule["metadata"]["labels"]["a"] == "b"
+
+
+def test_rule_refuses_to_render_without_the_service_monitor():
+    """Its operator alerts select what the ServiceMonitor scrapes: without it OperatorDown would always fire."""
+    with pytest.raises(helm.HelmError, match=re.escape("prometheusRule.enabled needs serviceMonitor.enabled=true")):
+        render({"prometheusRule": {"enabled": True}})
 
 
 def test_exported_series_follow_prometheus_naming_conventions(promtool: str):
