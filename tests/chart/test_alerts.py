@@ -111,11 +111,25 @@ def _tests() -> list[dict[str, Any]]:
             # Another job that finished its 40 steps and is evaluating: not stalled.
             {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "done"}), "values": "1+1x39 40x30"},
             {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "done"}), "values": "40x70"},
+            # A job hung in its first step: step stays at the 0 exported before it (TrainerMetrics).
+            {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "hung"}), "values": "0x70"},
+            {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "hung"}), "values": "40x70"},
+            # A stage started at 20m whose steps take 12 minutes: slow, not stalled.
+            {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "slow"}),
+             "values": "_x20 0x12 1x12 2x12 3x12"},
+            {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "slow"}), "values": "_x20 40x50"},
             {"series": _series("ctxext_grad_nonfinite_total", TRAINER, **JOB), "values": "0x20 5 5x30"},
             {"series": _series("ctxext_loss_spikes_total", TRAINER, **JOB), "values": "0x10 1 1 2 2 2 3 3x40"},
          ], "alert_rule_test": [
             {"eval_time": "30m", "alertname": "CtxextTrainingStalled", "exp_alerts": quiet},
+            {"eval_time": "60m", "alertname": "CtxextTrainingStalled", "exp_alerts": [  # not "slow"
+                {"exp_labels": {**TRAINER, **JOB, "cej": "hung", "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/hung stalled in stage 2"}},
+                {"exp_labels": {**TRAINER, **JOB, "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/tiny stalled in stage 2"}}]},
             {"eval_time": "50m", "alertname": "CtxextTrainingStalled", "exp_alerts": [
+                {"exp_labels": {**TRAINER, **JOB, "cej": "hung", "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/hung stalled in stage 2"}},
                 {"exp_labels": {**TRAINER, **JOB, "severity": "warning", "team": "ml"},
                  "exp_annotations": {"summary": "ctxext job team-a/tiny stalled in stage 2"}}]},
             {"eval_time": "15m", "alertname": "CtxextNonFiniteGradients", "exp_alerts": quiet},
