@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import helm_python as helm
 import pytest
 
 from ctxext.config import OperatorConfig
@@ -110,6 +111,19 @@ def test_network_policies_are_optional_and_allow_only_what_ctxext_needs():
     anywhere = {p["metadata"]["name"]: p["spec"] for p in kinds(
         render({"networkPolicy": {"enabled": True, "monitoringNamespace": ""}}), "NetworkPolicy")}
     assert anywhere["ctxext"]["ingress"][0]["from"] == [{"namespaceSelector": {}}]
+
+
+
+def test_api_server_egress_can_be_pinned_to_its_addresses():
+    """Without apiServerCIDRs, egress on the API server's ports goes to any address (HTTPS anywhere); with them,
+    to those addresses only, for the operator and the trainers alike."""
+    values = {"networkPolicy": {"enabled": True, "apiServerCIDRs": ["172.18.0.2/32", "fd00::1/128"]}}
+    for policy in kinds(render(values), "NetworkPolicy"):
+        [api] = [r for r in policy["spec"]["egress"] if {"port": 443, "protocol": "TCP"} in r.get("ports", [])]
+        assert api["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}]
+        assert api["ports"] == [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+    with pytest.raises(helm.HelmError):
+        render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["kubernetes.default"]}})
 
 
 def _snake(key: str) -> str:
