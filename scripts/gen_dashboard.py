@@ -4,7 +4,9 @@
     .venv/bin/python scripts/gen_dashboard.py          # rewrite the JSON
     .venv/bin/python scripts/gen_dashboard.py --check  # exit 1 if the committed JSON differs
 
-Panels per ContextExtensionJob (variable ``job`` selects on the ``cej`` label) and stage: training
+Panels per ContextExtensionJob (namespace and name: variables ``namespace`` and ``job`` select on the
+``cej_namespace`` and ``cej`` labels, and every per-job panel groups by both) and stage: "stage i of N"
+with the stage's progress, the running stage's ETA, training
 loss, perplexity, grad norm (global and per layer), non-finite gradients, loss spikes, tokens/s, step time,
 memory, clip and update ratios, learning rate, progress; the
 evaluation grid (accuracy by context length × needle depth) and perplexity by length; the stage
@@ -25,8 +27,9 @@ OUT = Path(__file__).resolve().parents[1] / "charts" / "ctxext" / "dashboards" /
 DS = {"type": "prometheus", "uid": "${datasource}"}
 # Trainer and evaluation series of the selected namespaces, jobs and stages.
 SEL = 'cej_namespace=~"$namespace", cej=~"$job", stage=~"$stage"'
-BY = "cej, stage"
-LEGEND = "{{cej}} · stage {{stage}}"
+# Two teams may both have a job called "llama-64k": every per-job panel keeps the namespace apart.
+BY = "cej_namespace, cej, stage"
+LEGEND = "{{cej_namespace}}/{{cej}} · stage {{stage}}"
 
 
 class Layout:
@@ -141,8 +144,8 @@ def dashboard() -> dict[str, Any]:
     lay.add({"type": "state-timeline", "title": "Stage timeline", "datasource": DS,
              "description": "Which curriculum stage of each job ran when, with its sequence length and RoPE "
                             "theta (ctxext_stage_info; a bar while the stage's trainer is scraped).",
-             "targets": [target(f"max by (cej, stage, seq_len, rope_theta) (ctxext_stage_info{{{SEL}}})",
-                                "{{cej}} · stage {{stage}} · {{seq_len}} tokens · θ {{rope_theta}}")],
+             "targets": [target(f"max by ({BY}, total_stages, seq_len, rope_theta) (ctxext_stage_info{{{SEL}}})",
+                                LEGEND + " of {{total_stages}} · {{seq_len}} tokens · θ {{rope_theta}}")],
              "fieldConfig": {"defaults": {"color": {"mode": "palette-classic"},
                                           "mappings": [{"type": "value",
                                                         "options": {"1": {"text": "running"}}}],
@@ -156,6 +159,21 @@ def dashboard() -> dict[str, Any]:
                        [target(f"max by ({BY}) (ctxext_train_step{{{SEL}}}) / max by ({BY}) "
                                f"(ctxext_train_total_steps{{{SEL}}})")], "percentunit", min_zero=True),
             w=8, h=8)
+    # "stage i of N": the step fraction, carrying total_stages from ctxext_stage_info (value 1) into the legend.
+    lay.add(bargauge("Stage i of N",
+                     "Each job's latest stage as \"stage i of N\" (ctxext_stage_info's total_stages) and how far it "
+                     "is (steps done / planned).",
+                     f"max by ({BY}) (ctxext_train_step{{{SEL}}}) / max by ({BY}) (ctxext_train_total_steps{{{SEL}}})"
+                     f" * on ({BY}) group_left (total_stages) max by ({BY}, total_stages) "
+                     f"(ctxext_stage_info{{{SEL}}})",
+                     LEGEND + " of {{total_stages}}", "percentunit", minmax=(0, 1)), w=12, h=6)
+    lay.add(bargauge("ETA of the running stage",
+                     "Time until the running stage's last optimizer step: steps left × mean step time over the "
+                     "last 10 minutes (ctxext_train_total_steps, ctxext_train_step, ctxext_step_seconds); "
+                     "evaluation and checkpoint writes come on top. Later stages are longer (see Stage i of N).",
+                     f"(max by ({BY}) (ctxext_train_total_steps{{{SEL}}}) - max by ({BY}) (ctxext_train_step{{{SEL}}}))"
+                     f" * max by ({BY}) (avg_over_time(ctxext_step_seconds{{{SEL}}}[10m]))",
+                     LEGEND, "s"), w=12, h=6)
 
     # --- Training --------------------------------------------------------------------------------
     lay.row("Training")
@@ -173,23 +191,27 @@ def dashboard() -> dict[str, Any]:
         "Loss spikes", "Loss spikes (k·σ above the moving window) per interval.",
         [target(f"max by ({BY}) (increase(ctxext_loss_spikes_total{{{SEL}}}[$__rate_interval]))")],
         "short", bars=True, min_zero=True))
-    lay.add(timeseries("Tokens per second", "Training throughput of the whole job (every rank reports the "
-                       "job's total).", [target(f"max by ({BY}) (ctxext_tokens_per_second{{{SEL}}})")], "short",
-                       min_zero=True))
-    lay.add(timeseries("Step time", "Wall time of the last optimizer step, slowest rank.",
+    lay.add(timeseries("Tokens per second", "Training throughput of the whole job, all ranks: averaged over the "
+                       "interval (rate of ctxext_train_tokens_total) and of the last step (ctxext_tokens_per_second).",
+                       [target(f"sum by ({BY}) (rate(ctxext_train_tokens_total{{{SEL}}}[$__rate_interval]))",
+                               LEGEND, ref="A"),
+                        target(f"max by ({BY}) (ctxext_tokens_per_second{{{SEL}}})", LEGEND + " · last step",
+                               ref="B")], "short", min_zero=True))
+    lay.add(timeseries("Step time", "Wall time of the last optimizer step (rank 0; the all-reduce makes it "
+                       "wait for the slowest rank).",
                        [target(f"max by ({BY}) (ctxext_step_seconds{{{SEL}}})")], "s", min_zero=True))
     lay.add(timeseries("Memory per rank", "Peak resident memory (max_rss) and CUDA memory of each rank.",
                        [target(f"max by ({BY}, rank, kind) (ctxext_memory_bytes{{{SEL}}})",
-                               "{{cej}} · stage {{stage}} · rank {{rank}} · {{kind}}")], "bytes", min_zero=True))
+                               LEGEND + " · rank {{rank}} · {{kind}}")], "bytes", min_zero=True))
     lay.add(timeseries("Per-layer gradient norm", "Largest and smallest per-layer gradient norm.",
                        [target(f"max by ({BY}, which) (ctxext_grad_norm_layer{{{SEL}}})",
-                               "{{cej}} · stage {{stage}} · {{which}}")], "short", log=True))
+                               LEGEND + " · {{which}}")], "short", log=True))
     lay.add(timeseries("Clip ratio and update/weight ratio",
                        "Factor gradient clipping scaled gradients by (1 = none), and ||update|| / ||weights||.",
                        [target(f"max by ({BY}) (ctxext_grad_clip_ratio{{{SEL}}})",
-                               "clip · {{cej}} · stage {{stage}}", ref="A"),
+                               "clip · " + LEGEND, ref="A"),
                         target(f"max by ({BY}) (ctxext_update_to_weight_ratio{{{SEL}}})",
-                               "update/weight · {{cej}} · stage {{stage}}", ref="B")], "short", log=True))
+                               "update/weight · " + LEGEND, ref="B")], "short", log=True))
     lay.add(timeseries("Learning rate", "Learning rate of the last step (warm-up and schedule).",
                        [target(f"max by ({BY}) (ctxext_learning_rate{{{SEL}}})")], "short", min_zero=True),
             w=16)
@@ -217,13 +239,13 @@ def dashboard() -> dict[str, Any]:
     lay.add(bargauge("Retrieval accuracy by length",
                      "Accuracy at each evaluated context length, per job and stage (latest in the time range).",
                      f'avg by ({BY}, length) (last_over_time(ctxext_eval_accuracy{{{SEL}, task=~"$task"}}'
-                     f"[$__range]))", "{{cej}} · stage {{stage}} · {{length}} tokens", "percentunit",
+                     f"[$__range]))", LEGEND + " · {{length}} tokens", "percentunit",
                      minmax=(0, 1)), w=12, h=9)
     lay.add(bargauge("Evaluation perplexity by length",
                      "Perplexity on held-out text at each context length, per job and stage (latest in the "
                      "time range).",
                      f"max by ({BY}, length) (last_over_time(ctxext_eval_perplexity{{{SEL}}}[$__range]))",
-                     "{{cej}} · stage {{stage}} · {{length}} tokens", "short"), w=24)
+                     LEGEND + " · {{length}} tokens", "short"), w=24)
 
     def query_var(name: str, label: str, query: str, **extra: Any) -> dict[str, Any]:
         return {"type": "query", "name": name, "label": label, "datasource": DS,

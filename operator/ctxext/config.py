@@ -49,6 +49,9 @@ class OperatorConfig(BaseModel):
     """Port of the operator's Prometheus /metrics endpoint; 0 disables it."""
     health_port: int = Field(default=8081, ge=0, le=65535)
     """Port of the /healthz liveness endpoint (kopf's); 0 disables it."""
+    health_stale_seconds: float = Field(default=180.0, ge=20)
+    """/healthz fails (and the kubelet restarts the operator) once no API request has succeeded for this
+    long; the probe checks at most every 10 s and kopf caches its answer 10 s (see ctxext.controller.health)."""
     resync_seconds: float = Field(default=300.0, gt=0)
     """Longest time between two passes over a job: a safety net that re-reads the job from the API
     server and re-derives its state from its PyTorchJobs. Every change is handled when its watch event

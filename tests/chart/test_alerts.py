@@ -10,13 +10,15 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from tests.chart.rendering import NAMESPACE, kinds, render
 
-VALUES = {"prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}, "trainingStalledFor": "30m",
+VALUES = {"serviceMonitor": {"enabled": True},
+          "prometheusRule": {"enabled": True, "alertLabels": {"team": "ml"}, "trainingStalledFor": "30m",
                              "notStartingFor": "30m", "reconcileLatencySeconds": 5}}
 OPERATOR = {"job": "ctxext-metrics", "namespace": NAMESPACE, "instance": "10.0.0.5:8080", "pod": "ctxext-7d9f"}
 TRAINER = {"job": "ctxext-system/ctxext-trainer", "namespace": "team-a", "instance": "10.0.1.7:9400",
@@ -109,11 +111,25 @@ def _tests() -> list[dict[str, Any]]:
             # Another job that finished its 40 steps and is evaluating: not stalled.
             {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "done"}), "values": "1+1x39 40x30"},
             {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "done"}), "values": "40x70"},
+            # A job hung in its first step: step stays at the 0 exported before it (TrainerMetrics).
+            {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "hung"}), "values": "0x70"},
+            {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "hung"}), "values": "40x70"},
+            # A stage started at 20m whose steps take 12 minutes: slow, not stalled.
+            {"series": _series("ctxext_train_step", TRAINER, **{**JOB, "cej": "slow"}),
+             "values": "_x20 0x12 1x12 2x12 3x12"},
+            {"series": _series("ctxext_train_total_steps", TRAINER, **{**JOB, "cej": "slow"}), "values": "_x20 40x50"},
             {"series": _series("ctxext_grad_nonfinite_total", TRAINER, **JOB), "values": "0x20 5 5x30"},
             {"series": _series("ctxext_loss_spikes_total", TRAINER, **JOB), "values": "0x10 1 1 2 2 2 3 3x40"},
          ], "alert_rule_test": [
             {"eval_time": "30m", "alertname": "CtxextTrainingStalled", "exp_alerts": quiet},
+            {"eval_time": "60m", "alertname": "CtxextTrainingStalled", "exp_alerts": [  # not "slow"
+                {"exp_labels": {**TRAINER, **JOB, "cej": "hung", "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/hung stalled in stage 2"}},
+                {"exp_labels": {**TRAINER, **JOB, "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/tiny stalled in stage 2"}}]},
             {"eval_time": "50m", "alertname": "CtxextTrainingStalled", "exp_alerts": [
+                {"exp_labels": {**TRAINER, **JOB, "cej": "hung", "severity": "warning", "team": "ml"},
+                 "exp_annotations": {"summary": "ctxext job team-a/hung stalled in stage 2"}},
                 {"exp_labels": {**TRAINER, **JOB, "severity": "warning", "team": "ml"},
                  "exp_annotations": {"summary": "ctxext job team-a/tiny stalled in stage 2"}}]},
             {"eval_time": "15m", "alertname": "CtxextNonFiniteGradients", "exp_alerts": quiet},
@@ -187,6 +203,31 @@ def test_every_series_an_alert_queries_is_exported():
 
 def test_rule_is_optional_and_carries_its_release_label():
     assert not kinds(render(), "PrometheusRule")
-    [rule] = kinds(render({"prometheusRule": {"enabled": True, "release": "prom", "labels": {"a": "b"}}}),
+    [rule] = kinds(render({"serviceMonitor": {"enabled": True},
+                           "prometheusRule": {"enabled": True, "release": "prom", "labels": {"a": "b"}}}),
                    "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == "prom" and rule["metadata"]["labels"]["a"] == "b"
+
+
+def test_rule_refuses_to_render_without_the_service_monitor():
+    """Its operator alerts select what the ServiceMonitor scrapes: without it OperatorDown would always fire."""
+    with pytest.raises(helm.HelmError, match=re.escape("prometheusRule.enabled needs serviceMonitor.enabled=true")):
+        render({"prometheusRule": {"enabled": True}})
+
+
+def test_exported_series_follow_prometheus_naming_conventions(promtool: str):
+    """`promtool check metrics` lints the real expositions (units, _total on counters, help texts, snake_case)
+    of a trainer's rank 0 after a step and an evaluation, and of the operator."""
+    from prometheus_client import generate_latest
+
+    import ctxext.controller.metrics  # noqa: F401 - registers the operator's series
+    from ctxext_trainer.eval.metrics import publish
+
+    trainer = _trainer_registry()
+    publish({"passkey": {512: {0.5: 0.8}}}, {512: 3.35}, labels={"cej": "tiny", "cej_namespace": "team-a",
+                                                                   "stage": "2"}, registry=trainer)
+    for name, registry in (("trainer", trainer), ("operator", REGISTRY)):
+        text = generate_latest(registry)
+        assert b"ctxext_" in text
+        done = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
+        assert done.returncode == 0 and not done.stdout.strip(), (name, done.stdout + done.stderr)

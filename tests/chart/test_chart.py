@@ -342,6 +342,7 @@ def test_chart_defaults_are_the_operator_defaults():
     defaults = OperatorConfig()
     assert values["metrics"]["port"] == defaults.metrics_port
     assert values["health"]["port"] == defaults.health_port
+    assert values["health"]["staleSeconds"] == defaults.health_stale_seconds
     assert values["operator"]["resyncSeconds"] == defaults.resync_seconds
     assert values["operator"]["statusRefreshSeconds"] == defaults.status_refresh_seconds
     assert values["operator"]["resultGraceSeconds"] == defaults.result_grace_seconds

@@ -7,11 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import helm_python as helm
 import pytest
 
 from ctxext.config import OperatorConfig
 from ctxext.manifest import job_from_object
+from tests.chart.prometheus import Prometheus
 from tests.chart.rendering import ALL_ON, NAMESPACE, kinds, render
+from tests.integration.operator_harness import wait_for
 from tests.unit.helpers import minimal
 from tests.unit.test_pytorchjob_builder import build, container
 
@@ -108,3 +111,60 @@ def test_network_policies_are_optional_and_allow_only_what_ctxext_needs():
     anywhere = {p["metadata"]["name"]: p["spec"] for p in kinds(
         render({"networkPolicy": {"enabled": True, "monitoringNamespace": ""}}), "NetworkPolicy")}
     assert anywhere["ctxext"]["ingress"][0]["from"] == [{"namespaceSelector": {}}]
+
+
+
+def test_api_server_egress_can_be_pinned_to_its_addresses():
+    """Without apiServerCIDRs, egress on the API server's ports goes to any address (HTTPS anywhere); with them,
+    to those addresses only, for the operator and the trainers alike."""
+    values = {"networkPolicy": {"enabled": True, "apiServerCIDRs": ["172.18.0.2/32", "fd00::1/128"]}}
+    for policy in kinds(render(values), "NetworkPolicy"):
+        [api] = [r for r in policy["spec"]["egress"] if {"port": 443, "protocol": "TCP"} in r.get("ports", [])]
+        assert api["to"] == [{"ipBlock": {"cidr": "172.18.0.2/32"}}, {"ipBlock": {"cidr": "fd00::1/128"}}]
+        assert api["ports"] == [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}]
+    with pytest.raises(helm.HelmError):
+        render({"networkPolicy": {"enabled": True, "apiServerCIDRs": ["kubernetes.default"]}})
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"[A-Z]", lambda m: "_" + m[0].lower(), key)
+
+
+def test_pod_monitor_relabelings_keep_the_rank_ports_in_a_real_prometheus(tmp_path):
+    """The PodMonitor's relabelings, run by a real Prometheus on the targets kubernetes_sd (role pod) would give
+    it: one per declared container port, with the pod's meta labels. Only the metrics-<rank> ports of running
+    trainer containers stay; the rendezvous port, Kubeflow's init container and pending pods are dropped."""
+    [monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    relabel = [{_snake(k): v for k, v in rule.items()} for rule in endpoint["relabelings"]]
+    cases = {"cpu": ({"gpusPerNode": 0, "processesPerNode": 1}, 9400), "gpu4": ({"gpusPerNode": 4}, 9800)}
+    expected, scrape_configs = {}, []
+    for name, (resources, port) in cases.items():
+        spec: dict[str, Any] = {"resources": resources, "metrics": {"port": port}}
+        if resources["gpusPerNode"] > 1:
+            spec["parallelism"] = {"sequenceParallel": resources["gpusPerNode"]}
+        ports = container(build(job_from_object(minimal(**spec))))["ports"]
+        expected[name] = sorted(p["containerPort"] for p in ports if p["name"].startswith("metrics-"))
+        groups = []
+        for container_name, init, phase in (("pytorch", "false", "Running"), ("init-pytorch", "true", "Running"),
+                                            ("pytorch", "false", "Pending")):
+            host = {"Running": "127.0.0.1", "Pending": "127.0.0.2"}[phase] if init == "false" else "127.0.0.3"
+            groups += [{"targets": [f"{host}:{p['containerPort']}"], "labels": {
+                "__meta_kubernetes_pod_container_name": container_name, "__meta_kubernetes_pod_container_init": init,
+                "__meta_kubernetes_pod_phase": phase, "__meta_kubernetes_pod_container_port_name": p["name"]}}
+                for p in ports]
+        scrape_configs.append({"job_name": name, "scrape_interval": "1h", "static_configs": groups,
+                               "relabel_configs": relabel})
+    prom = Prometheus(tmp_path / "prometheus", {})
+    prom.config["scrape_configs"] = scrape_configs
+    with prom:
+        def active() -> dict[str, list[str]] | None:
+            out: dict[str, list[str]] = {}
+            for target in prom.api("targets", state="active")["activeTargets"]:
+                out.setdefault(target["scrapePool"], []).append(target["discoveredLabels"]["__address__"])
+            return out if set(out) == set(cases) else None  # every pool has been through service discovery
+
+        found = wait_for(active, what="Prometheus' active targets")
+    for name in cases:
+        assert sorted(found[name]) == [f"127.0.0.1:{p}" for p in expected[name]], (name, found[name])
+    assert expected == {"cpu": [9400], "gpu4": [9800, 9801, 9802, 9803]}

@@ -16,7 +16,8 @@ from tests.chart import dashboard as dash
 from tests.chart.rendering import ROOT
 
 TRAINER = {"ctxext_train_loss", "ctxext_train_perplexity", "ctxext_grad_norm", "ctxext_grad_nonfinite_total",
-           "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_step", "ctxext_stage_info",
+           "ctxext_loss_spikes_total", "ctxext_tokens_per_second", "ctxext_train_tokens_total", "ctxext_train_step",
+           "ctxext_stage_info",
            "ctxext_step_seconds", "ctxext_memory_bytes"}
 EVALUATION = {"ctxext_eval_accuracy", "ctxext_eval_perplexity"}
 OPERATOR = {"ctxext_jobs", "ctxext_stage_transitions_total", "ctxext_reconcile_duration_seconds",
@@ -85,3 +86,31 @@ def test_every_expression_parses_as_promql(tmp_path: Path):
     done = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _groupings(expr: str) -> list[set[str]]:
+    """The label sets of every ``by (...)`` / ``on (...)`` in an expression."""
+    return [{label.strip() for label in m.split(",")} for m in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr)]
+
+
+def test_per_job_panels_keep_namespaces_apart():
+    """Two teams' jobs of the same name never merge: whatever groups by job also groups by namespace, and every
+    legend that names a job names its namespace (#24 item 7)."""
+    for panel in dash.panels(dash.load()):
+        for t in panel.get("targets", []):
+            for labels in _groupings(t["expr"]):
+                if "cej" in labels:
+                    assert "cej_namespace" in labels, (panel["title"], t["expr"])
+            if "{{cej}}" in t["legendFormat"]:
+                assert "{{cej_namespace}}/{{cej}}" in t["legendFormat"], (panel["title"], t["legendFormat"])
+
+
+def test_stage_i_of_n_and_eta_panels():
+    board = {p["title"]: p for p in dash.panels(dash.load())}
+    [of_n] = board["Stage i of N"]["targets"]
+    assert "stage {{stage}} of {{total_stages}}" in of_n["legendFormat"]
+    assert "group_left (total_stages)" in of_n["expr"] and "ctxext_stage_info" in of_n["expr"]
+    [eta] = board["ETA of the running stage"]["targets"]
+    assert board["ETA of the running stage"]["fieldConfig"]["defaults"]["unit"] == "s"
+    assert dash.metric_names(eta["expr"]) == {"ctxext_train_total_steps", "ctxext_train_step", "ctxext_step_seconds"}
+    assert "stage {{stage}} of {{total_stages}}" in board["Stage timeline"]["targets"][0]["legendFormat"]

@@ -76,6 +76,10 @@ def test_operator_refuses_to_start_on_an_old_crd(k8s_api, tmp_path):
         # Switched off on purpose (CTXEXT_CRD_CHECK=0), the same operator starts.
         off = OperatorProcess(k8s_api, tmp_path / "operator-off.log", CTXEXT_CRD_CHECK="0").start()
         off.stop()
+        # Watching a list of namespaces (no cluster-wide rights), it makes no CRD request and says so.
+        scoped = OperatorProcess(k8s_api, tmp_path / "operator-scoped.log", CTXEXT_NAMESPACES="crd-a").start()
+        scoped.stop()
+        assert "CRD check skipped" in scoped.tail(200)
     except subprocess.TimeoutExpired:
         pytest.fail("the operator kept running on an old CRD")
     finally:

@@ -37,6 +37,8 @@ OPERATOR_NS = [
     ("kubeflow.org", "pytorchjobs", CRUD),
     # why: transitions are posted as Events (best effort)
     ("", "events", ("create",)),
+    # why: before a job's first stage, does the trainer ServiceAccount exist in its namespace? (identity.py)
+    ("", "serviceaccounts", ("get",)),
 ]
 TRAINER = [("ctxext.dev", "contextextensionjobs/status", ("get", "patch"))]  # why: rank 0 reports progress
 REVIEWED_RBAC = sorted(

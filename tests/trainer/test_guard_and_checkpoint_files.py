@@ -124,6 +124,15 @@ def test_metrics_endpoint_names_and_labels() -> None:
     assert 'job="' not in body and 'namespace="' not in body.replace('cej_namespace="', "")
 
 
+def test_step_is_exported_before_the_first_step() -> None:
+    """So that CtxextTrainingStalled sees a stage hung in its first step (tests/chart/test_alerts.py)."""
+    from prometheus_client import generate_latest
+
+    body = generate_latest(TrainerMetrics(CONFIG, rank=0).registry).decode()
+    assert 'ctxext_train_step{cej="tiny",cej_namespace="team-a",stage="2"} 0.0' in body
+    assert 'ctxext_train_total_steps{cej="tiny",cej_namespace="team-a",stage="2"} 40.0' in body
+
+
 def test_only_rank0_exports_job_wide_metrics() -> None:
     """Every rank has the same loss and step: other ranks export only what is their own (memory)."""
     body = _scrape_one_step(1)

@@ -84,6 +84,9 @@ class TrainerMetrics:
         self.info.labels(**self.labels, seq_len=str(config.seq_len), rope_theta=f"{config.rope_theta:.10g}",
                          total_stages=str(config.total_stages)).set(1)
         self.total_steps.labels(**self.labels).set(config.steps)
+        # Exported before the first step completes, so that a stage that hangs in its first step (a collective
+        # that never returns, as with a misconfigured NCCL network) is "stalled" too, not silent.
+        self.step.labels(**self.labels).set(0)
         self.server: Any = None
 
     def serve(self, port: int) -> int | None:

@@ -141,6 +141,13 @@ helm.sh/resource-policy: keep
     - port: {{ . }}
       protocol: TCP
     {{- end }}
+  {{- with .Values.networkPolicy.apiServerCIDRs }}
+  to:
+    {{- range . }}
+    - ipBlock:
+        cidr: {{ . }}
+    {{- end }}
+  {{- end }}
 {{- end }}
 
 {{/* NetworkPolicy peer: Prometheus' namespace (networkPolicy.monitoringNamespace), or every namespace. */}}

@@ -30,6 +30,16 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: Any, **_: 
     configure(settings, memo, logger)
 
 
+@kopf.on.probe(id="apiContact", errors=kopf.ErrorsMode.PERMANENT)
+async def api_contact(memo: Any, **_: Any) -> dict[str, Any]:
+    """/healthz: 500 once the operator has lost the API server for CTXEXT_HEALTH_STALE_SECONDS (see health.py)."""
+    healthy, report = await memo.api_contact.probe()
+    if not healthy:
+        raise kopf.PermanentError(f"no API request succeeded for {report['apiContactSecondsAgo']} s "
+                                  f"({report.get('lastError', 'no answer')})")
+    return report
+
+
 @kopf.on.cleanup()
 def cleanup(memo: Any, **_: Any) -> None:
     memo.engine.close()

@@ -25,12 +25,22 @@ class QuietEventHandlers(logging.Filter):
         return not (message.startswith("Handler '") and message.endswith("_event' succeeded."))
 
 
+class QuietFailedProbes(logging.Filter):
+    """Drops aiohttp's two-traceback "Error handling request" of a failed /healthz: kopf has already logged
+    the probe's failure in one line ("Activity 'apiContact' failed permanently: no API request ...")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not (exc is not None and type(exc).__name__ == "ActivityError")
+
+
 def run(settings: OperatorConfig, *, verbose: bool = False) -> None:
     """Run the operator until interrupted."""
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat[settings.log_format.upper()])
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     if not verbose:
         logging.getLogger("kopf.objects").addFilter(QuietEventHandlers())
+    logging.getLogger("aiohttp.server").addFilter(QuietFailedProbes())
     from ctxext.controller import handlers  # noqa: F401 - registers the handlers
 
     metrics.serve(settings.metrics_port)

@@ -6,6 +6,7 @@ object comes from :func:`ctxext.controller.runner.run` through kopf's memo (``me
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import kopf
 from kubernetes import client, config
 
+from ctxext.api.base import GROUP, PLURAL, VERSION
 from ctxext.config import OperatorConfig
 from ctxext.controller.crdcheck import CRD_NAME, check_served_crd
 from ctxext.controller.engine import API_THREADS, Engine
+from ctxext.controller.health import ApiContact
 from ctxext.controller.kube import KubeApi
 
 PREFIX = "ctxext.dev"
@@ -56,11 +59,25 @@ def configure(settings: kopf.OperatorSettings, memo: Any, logger: Any) -> None:
     api_config = client.Configuration.get_default_copy()
     api_config.connection_pool_maxsize = API_THREADS
     api_client = client.ApiClient(api_config)
-    if cfg.crd_check:
+    if cfg.crd_check and not cfg.namespaces:
         _check_crd(client.ApiextensionsV1Api(api_client), logger)
-    memo.engine = Engine(cfg, KubeApi(client.CustomObjectsApi(api_client), core=client.CoreV1Api(api_client)))
+    elif cfg.crd_check:  # watching a list of namespaces, the operator has no cluster-wide rights: no request
+        logger.info("CRD check skipped (reading CustomResourceDefinitions needs cluster-wide rights): make sure "
+                    "the served %s is this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
+    custom = client.CustomObjectsApi(api_client)
+    memo.engine = Engine(cfg, KubeApi(custom, core=client.CoreV1Api(api_client)))
+    memo.api_contact = ApiContact(functools.partial(_list_one_job, custom, cfg.namespaces[:1]),
+                                  cfg.health_stale_seconds, interval=min(10.0, cfg.health_stale_seconds / 3))
     logger.info("ctxext operator configured (%s; namespaces: %s; resync every %gs)", where,
                 ", ".join(cfg.namespaces) or "all", cfg.resync_seconds)
+
+
+def _list_one_job(custom: client.CustomObjectsApi, namespaces: list[str]) -> None:
+    """The liveness probe's API request: cheap, and inside the operator's RBAC in both modes."""
+    if namespaces:
+        custom.list_namespaced_custom_object(GROUP, VERSION, namespaces[0], PLURAL, limit=1, _request_timeout=10)
+    else:
+        custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, limit=1, _request_timeout=10)
 
 
 def _check_crd(ext: client.ApiextensionsV1Api, logger: Any) -> None:
@@ -74,8 +91,8 @@ def _check_crd(ext: client.ApiextensionsV1Api, logger: Any) -> None:
     except client.ApiException as exc:
         if exc.status != 403:
             raise
-        logger.warning("cannot read CustomResourceDefinition %s (no rights in namespaced mode): make sure it is "
-                       "this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
+        logger.warning("cannot read CustomResourceDefinition %s (no get right on customresourcedefinitions): make "
+                       "sure it is this release's (kubectl apply --server-side -f crds/)", CRD_NAME)
         return
     if error:
         raise kopf.PermanentError(error)  # kopf logs it and stops; runner.run reports it as the one error

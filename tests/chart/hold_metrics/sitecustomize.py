@@ -25,7 +25,7 @@ TARGET = "ctxext_trainer.metrics"
 def _hold(close: Any) -> Any:
     def held_close(self: Any, *args: Any, **kwargs: Any) -> None:
         hold_dir = Path(os.environ["CTXEXT_TEST_HOLD_DIR"])
-        stage, rank = self.labels["stage"], self.labels["rank"]
+        stage, rank = self.labels["stage"], self.rank
         tmp = hold_dir / f".held-{stage}-{rank}.tmp"
         tmp.write_text(repr(time.time()))
         tmp.replace(hold_dir / f"held-{stage}-{rank}")  # atomic: the test never reads a half-written file
