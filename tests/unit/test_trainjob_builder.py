@@ -178,3 +178,25 @@ def test_suspend_patches_and_resources_of_both_backends():
         build_pytorchjob(job, plan_curriculum(job.spec), 1)
     with pytest.raises(SpecError, match="choose pytorchjob or trainjob"):
         get_backend("jobset")
+
+
+def test_render_backend_trainjob_prints_the_trainjob_and_refuses_in_plain_words():
+    import yaml
+    from typer.testing import CliRunner
+
+    from ctxext.cli.main import app
+    from tests.unit.helpers import EXAMPLES
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["render", str(EXAMPLES / "tiny-cpu.yaml"), "--backend", "trainjob", "--stage", "2",
+                              "--attempt", "3", "-n", "team-a"])
+    assert out.exit_code == 0, out.output
+    body = yaml.safe_load(out.stdout)
+    assert body["kind"] == "TrainJob" and body["metadata"]["name"] == "tiny-cpu-s2-a3"
+    assert body["metadata"]["namespace"] == "team-a" and body["spec"]["trainer"]["numProcPerNode"] == 2
+    # The shipped GPU example sets a priority class: one plain error naming it, exit 2, no traceback.
+    out = runner.invoke(app, ["render", str(EXAMPLES / "llama3-8b-1m.yaml"), "--backend", "trainjob"])
+    assert out.exit_code == 2 and "Traceback" not in out.output
+    assert out.output.startswith("error: spec.scheduling.priorityClassName: a TrainJob cannot set")
+    out = runner.invoke(app, ["render", str(EXAMPLES / "tiny-cpu.yaml"), "--backend", "rayjob"])
+    assert out.exit_code == 2 and "--backend: unknown backend 'rayjob'; choose pytorchjob or trainjob" in out.output
