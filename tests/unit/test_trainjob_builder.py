@@ -133,6 +133,19 @@ def test_stage_zero_and_attempts_are_deterministic():
     assert build_trainjob(job, plan, 0)["spec"]["trainer"]["numNodes"] == 1
 
 
+def test_names_leave_room_for_jobset_pod_hostnames():
+    """JobSet names the trainer pods' hostnames ``<trainjob>-node-0-<index>`` (a DNS label: ≤ 63 characters)."""
+    obj = minimal(curriculum={"stages": [{"seqLen": 65536, "nodes": 64}]},
+                  resources={"gpusPerNode": 8, "gpuMemoryGiB": 80})
+    obj["metadata"]["name"] = "a-very-long-context-extension-job-name-that-is-63-characters-xx"
+    obj["spec"]["model"]["architecture"] = ARCH
+    job = job_from_object(obj)
+    tj = build_trainjob(job, plan_curriculum(job.spec), 1, attempt=999)
+    nodes = tj["spec"]["trainer"]["numNodes"]
+    assert nodes == 64
+    assert len(f"{tj['metadata']['name']}-node-0-{nodes - 1}") <= 63
+
+
 def condition(kind, status="True", reason="", message="", at="2026-01-02T03:04:05Z"):
     return {"type": kind, "status": status, "reason": reason, "message": message, "lastTransitionTime": at}
 
