@@ -185,3 +185,25 @@ def test_render_backend_trainjob_output_is_accepted_by_kubectl(api, k8s_api, tmp
     assert obj["spec"] == yaml.safe_load(proc.stdout)["spec"]
     if stage != "0":  # the base model's evaluation trains nothing: no learning rate to override
         assert obj["metadata"]["annotations"]["ctxext.dev/learning-rate"] == "2e-05"
+
+
+def test_the_readme_runtime_is_accepted_and_a_trainjob_on_it_too(api):
+    """The ClusterTrainingRuntime the README recommends (backoffLimit 0, restartPolicy Never) is a valid one."""
+    text = (ROOT / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    (block,) = [b for b in blocks if "kind: ClusterTrainingRuntime" in b]
+    runtime = yaml.safe_load(block)
+    node = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]
+    assert node["name"] == "node" and node["template"]["spec"]["backoffLimit"] == 0
+    assert node["template"]["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    api.create_cluster_custom_object(GROUP, VERSION, "clustertrainingruntimes", runtime, field_validation="Strict")
+    job = job_from_object(example("tiny-cpu.yaml"))
+    job.metadata["namespace"] = NS
+    body = TRAINJOB.build(job, plan_curriculum(job.spec), 1,
+                          config=OperatorConfig(training_runtime=runtime["metadata"]["name"]))
+    try:
+        created = api.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body, field_validation="Strict")
+        assert created["spec"]["runtimeRef"]["name"] == "ctxext-torch"
+        api.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body["metadata"]["name"])
+    finally:
+        api.delete_cluster_custom_object(GROUP, VERSION, "clustertrainingruntimes", runtime["metadata"]["name"])

@@ -82,7 +82,7 @@ _CONTAINER_HANDLED = ("name", "image", "imagePullPolicy", "command", "args", "en
 
 
 def _problems(job: ContextExtensionJob, pod: dict[str, Any], container: dict[str, Any],
-              run_policy: dict[str, Any], config: OperatorConfig) -> list[tuple[str, str]]:
+              run_policy: dict[str, Any]) -> list[tuple[str, str]]:
     """What this TrainJob cannot carry, each as (manifest field, plain words)."""
     spec = job.spec
     out: list[tuple[str, str]] = [_POD_REFUSED[key] for key in _POD_REFUSED if key in pod]
@@ -128,7 +128,7 @@ def build_trainjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt:
     pod: dict[str, Any] = master["spec"]
     (container,) = pod["containers"]
     run_policy = ptj["spec"]["runPolicy"]
-    if problems := _problems(job, pod, container, run_policy, config):
+    if problems := _problems(job, pod, container, run_policy):
         raise SpecError(problems)
 
     trainer: dict[str, Any] = {
