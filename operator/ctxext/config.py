@@ -76,6 +76,9 @@ class OperatorConfig(BaseModel):
     crd_check: bool = True
     """Refuse to start when the served ContextExtensionJob CRD differs from this operator's (after an
     upgrade that did not apply the new CRD); off only to run an old CRD on purpose."""
+    training_runtime: str = Field(default="torch-distributed", min_length=1, max_length=253)
+    """ClusterTrainingRuntime that TrainJobs (the Kubeflow Trainer v2 backend) run on; Kubeflow Trainer's
+    built-in torch runtime is ``torch-distributed``."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -64,10 +64,13 @@ def render(
                                          "else default)."),
     learning_rate: float | None = typer.Option(None, help="Override the stage's learning rate (as a retry "
                                                "after non-finite gradients would)."),
+    backend: str = typer.Option("pytorchjob", help="pytorchjob (Kubeflow training-operator v1) or trainjob "
+                                "(Kubeflow Trainer v2, on the ClusterTrainingRuntime CTXEXT_TRAINING_RUNTIME)."),
 ) -> None:
-    """Print the PyTorchJob the operator would create for a stage attempt (YAML)."""
-    from ctxext.controller.builder import build_pytorchjob
+    """Print the PyTorchJob (or TrainJob) the operator would create for a stage attempt (YAML)."""
+    from ctxext.controller.backends import get_backend
 
+    chosen = get_backend(backend)
     job = load_job(manifest)
     if namespace:
         job.metadata["namespace"] = namespace
@@ -77,8 +80,8 @@ def render(
                           f"got {stage}")])
     if attempt < 1:
         raise SpecError([("--attempt", f"must be at least 1, got {attempt}")])
-    body = build_pytorchjob(job, plan, stage, attempt=attempt, learning_rate=learning_rate,
-                            config=OperatorConfig.from_env())
+    body = chosen.build(job, plan, stage, attempt=attempt, learning_rate=learning_rate,
+                        config=OperatorConfig.from_env())
     sys.stdout.write(dump_yaml(body))
 
 
