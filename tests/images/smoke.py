@@ -3,7 +3,7 @@
 ``trainer``: the operator image prints (``ctxext render``) the PyTorchJob of stage 1 of a shortened
 ``examples/tiny-cpu.yaml``; the trainer image then runs that container's own command with its own
 environment plus the variables Kubeflow injects (``local_launch.replica_processes``: MASTER_*,
-WORLD_SIZE, RANK, PET_*), as uid 10001 with ``/ckpt`` mounted: torchrun starts 2 gloo processes and
+WORLD_SIZE, RANK, PET_*), as the pod's runAsUser with ``/ckpt`` mounted: torchrun starts 2 gloo processes and
 the stage must write ``result.json`` with status Succeeded.
 
 ``operator``: the test API server runs on this machine; ``ctxext operator`` runs in the operator image
@@ -64,9 +64,10 @@ def container(image: str) -> Iterator[str]:
         subprocess.run([*BUILDAH, "rm", name], check=False, capture_output=True)
 
 
-def run_args(ctr: str, *, env: dict[str, str] | None = None, volumes: list[str] | None = None) -> list[str]:
-    """``buildah run`` as uid/gid 10001 (the pods' securityContext) with env and bind mounts."""
-    args = [*BUILDAH, "run", "--isolation", "chroot", "--user", f"{UID}:{UID}"]
+def run_args(ctr: str, *, env: dict[str, str] | None = None, volumes: list[str] | None = None,
+             user: str = f"{UID}:{UID}") -> list[str]:
+    """``buildah run`` as ``user`` (default 10001:10001, the chart's operator pod) with env and bind mounts."""
+    args = [*BUILDAH, "run", "--isolation", "chroot", "--user", user]
     for key, value in (env or {}).items():
         args += ["--env", f"{key}={value}"]
     for volume in volumes or []:
@@ -74,11 +75,17 @@ def run_args(ctr: str, *, env: dict[str, str] | None = None, volumes: list[str] 
     return [*args, ctr, "--"]
 
 
-def owned_dir(path: Path) -> Path:
-    """A directory the containers' user 10001 may write."""
+def owned_dir(path: Path, uid: int = int(UID), gid: int = int(UID)) -> Path:
+    """A directory the containers' user (default 10001) may write."""
     path.mkdir(parents=True, exist_ok=True)
-    os.chown(path, int(UID), int(UID))
+    os.chown(path, uid, gid)
     return path
+
+
+def image_user(image: str) -> str:
+    """The image's USER (``uid:gid``)."""
+    return subprocess.run([*BUILDAH, "inspect", "--type", "image", "--format", "{{.OCIv1.Config.User}}", image],
+                          check=True, capture_output=True, text=True).stdout.strip()
 
 
 def manifest(trainer_image: str, steps: int | None, stages: int | None = None) -> dict[str, Any]:
@@ -94,6 +101,10 @@ def manifest(trainer_image: str, steps: int | None, stages: int | None = None) -
         spec["curriculum"]["stageDefaults"]["warmupSteps"] = 1
         spec["evaluation"].update(lengths=[128], depths=[0.5], samplesPerCell=2, gates=[])
     return obj
+
+
+#: No API server in the trainer smoke test: report the stage result to it only briefly (result.json counts).
+NO_API = {"CTXEXT_RESULT_RETRY_SECONDS": "1"}
 
 
 def smoke_trainer(op_image: str, tr_image: str, work: Path) -> None:
@@ -113,16 +124,20 @@ def smoke_trainer(op_image: str, tr_image: str, work: Path) -> None:
     box = pod["containers"][0]
     mounts = [m["mountPath"] for m in box["volumeMounts"] if m["mountPath"] != "/dev/shm"]
     assert mounts == ["/ckpt"], mounts
-    assert pod["securityContext"]["runAsUser"] == int(UID), pod["securityContext"]
+    # Run as the kubelet would: the pod's runAsUser/runAsGroup, the volume writable by its fsGroup.
+    security = pod["securityContext"]
+    uid, gid = int(security["runAsUser"]), int(security.get("runAsGroup", security["runAsUser"]))
+    if f"{uid}:{gid}" != image_user(tr_image):
+        log(f"WARNING: trainer pods run as {uid}:{gid} but the trainer image's user is {image_user(tr_image)}")
     # root=/ : mount path P stays P inside the container (the volumes are mounted there).
     (master,) = replica_processes(job, Path("/"), free_port())
-    ckpt = owned_dir(work / "ckpt")
+    ckpt = owned_dir(work / "ckpt", uid, int(security.get("fsGroup", gid)))
     argv = [*box.get("command", []), *box.get("args", [])]
     log(f"trainer image: {' '.join(argv)} (nprocPerNode {job['spec']['nprocPerNode']})")
     with container(tr_image) as tr:
         start = time.monotonic()
-        proc = subprocess.run([*run_args(tr, env=master.env, volumes=[f"{ckpt}:/ckpt"]), *argv],
-                              capture_output=True, text=True)
+        args = run_args(tr, env={**master.env, **NO_API}, volumes=[f"{ckpt}:/ckpt"], user=f"{uid}:{gid}")
+        proc = subprocess.run([*args, *argv], capture_output=True, text=True)
     (work / "trainer.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"the trainer image exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-3000:]}")
