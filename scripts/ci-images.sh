@@ -12,7 +12,8 @@
 #   scripts/ci-images.sh [WORKDIR]      (default /tmp/ctxext-ci-images)
 #
 # Environment: CTXEXT_TORCH_WHEEL (default: the torch 2.13.0 CPU wheel in /opt/wheels),
-# CTXEXT_SMOKE_STEPS (default 4).
+# CTXEXT_SMOKE_STEPS (default 4), CTXEXT_CI_STORE (the buildah store, default /var/lib/ctxext-ci/containers),
+# STORAGE_DRIVER (default overlay, vfs when overlay cannot mount here).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/ctxext-ci-images}
@@ -20,6 +21,22 @@ work=${1:-/tmp/ctxext-ci-images}
 wheel=${CTXEXT_TORCH_WHEEL:-$(ls /opt/wheels/torch-2.13.0+cpu-cp311-*.whl 2>/dev/null | head -n 1)}
 [ -n "$wheel" ] && [ -f "$wheel" ] || {
   echo "ci-images.sh: no CPU torch wheel (set CTXEXT_TORCH_WHEEL to a torch-2.13.0+cpu .whl)" >&2; exit 1; }
+
+# A container store of CI's own (CTXEXT_CI_STORE), with overlay when this kernel mounts it: vfs copies
+# a whole image for every container (minutes for the trainer image); else vfs.
+store=${CTXEXT_CI_STORE:-/var/lib/ctxext-ci/containers}
+use_store() {
+  mkdir -p "$store"
+  printf '[storage]\ndriver = "%s"\ngraphroot = "%s"\nrunroot = "%s"\n' "$1" "$store/$1" "/run/ctxext-ci/$1" \
+    >"$store/storage-$1.conf"
+  export CONTAINERS_STORAGE_CONF=$store/storage-$1.conf STORAGE_DRIVER=$1
+}
+use_store "${STORAGE_DRIVER:-overlay}"
+if ! { ctr=$(buildah from scratch) && buildah mount "$ctr" >/dev/null && buildah rm "$ctr" >/dev/null; } 2>/dev/null; then
+  echo "[ci-images] $STORAGE_DRIVER storage does not work here; using vfs" >&2
+  use_store vfs
+fi
+echo "[ci-images] buildah storage: $STORAGE_DRIVER in $store" >&2
 
 t0=$(date +%s)
 refs=$(./scripts/build-images.sh --base-from-debs --tag ci --torch "$wheel")
