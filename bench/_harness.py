@@ -2,7 +2,7 @@
 
 Each benchmark prints a table for people and, as its last line, one JSON object for tools
 (``... | tail -n 1 | jq .``).
-The API server is the one the tests use (``../shared/k8s/start-apiserver.sh``); its start-up and
+The API server is the one the tests use (``tests/k8s/start-apiserver.sh``); its start-up and
 CRD installation come from ``tests/conftest.py`` so the benchmarks and the tests cannot drift.
 """
 

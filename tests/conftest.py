@@ -1,9 +1,10 @@
 """Shared fixtures. ``k8s_api``: a throw-away real Kubernetes API server for the test session.
 
-Adapted from ../shared/k8s/conftest_example.py: starts apiextensions-apiserver + etcd on loopback
-(``start-apiserver.sh``; the first start on a machine builds it, ~3 min), exports KUBECONFIG,
-installs the upstream Kubeflow PyTorchJob CRD and our generated CRD from crds/, and stops the
-server at the end. Tests that use it are marked ``apiserver``.
+Starts apiextensions-apiserver + etcd on loopback with the project's own ``tests/k8s/start-apiserver.sh``
+(the first start on a machine builds it, ~3 min; ``scripts/setup.sh`` does that once), exports
+KUBECONFIG, installs the upstream Kubeflow CRDs from ``tests/k8s/crds/`` (PyTorchJob v1.9.4, Trainer
+v2.3.0 with its ``torch-distributed`` ClusterTrainingRuntime) and our generated CRD from crds/, and
+stops the server at the end. Tests that use it are marked ``apiserver``.
 """
 import json
 import os
@@ -15,23 +16,20 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-
-def _shared_k8s() -> Path:
-    if os.environ.get("SHARED_K8S_DIR"):
-        return Path(os.environ["SHARED_K8S_DIR"])
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "k8s" / "start-apiserver.sh").is_file():
-            return parent / "shared" / "k8s"
-    raise RuntimeError(f"shared/k8s/start-apiserver.sh not found above {__file__}; set SHARED_K8S_DIR")
-
-
-SHARED_K8S = _shared_k8s()
-START = SHARED_K8S / "start-apiserver.sh"
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-# Installed in this order, each waited for until it serves requests: the real upstream
-# PyTorchJob CRD, then your own CRDs (here: every tests/crds/*.yaml).
-CRDS = [SHARED_K8S / "kubeflow.org_pytorchjobs.yaml", *sorted((ROOT / "crds").glob("*.yaml"))]
+K8S = HERE / "k8s"
+START = K8S / "start-apiserver.sh"
+UPSTREAM = K8S / "crds"
+# Installed in this order, each waited for until it serves requests: the real upstream CRDs (see
+# tests/k8s/crds/SOURCE.md), then our own. Non-CRD objects (the ClusterTrainingRuntime) are created
+# as custom resources once their CRD serves.
+CRDS = [
+    UPSTREAM / "kubeflow.org_pytorchjobs.yaml",
+    *sorted((UPSTREAM / "kubeflow-trainer").glob("trainer.kubeflow.org_*.yaml")),
+    UPSTREAM / "kubeflow-trainer" / "torch_distributed_runtime.yaml",
+    *sorted((ROOT / "crds").glob("*.yaml")),
+]
 # Namespaces that the core/v1 namespaces stub lists, besides "default" (edit). Only operators
 # in namespaced mode (kopf --namespace X) need them; custom resources may use any namespace.
 OPERATOR_NAMESPACES = ["team-a", "team-b"]
@@ -43,6 +41,11 @@ def _install_crds(api: client.ApiClient) -> None:
     for path in CRDS:
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd:
+                continue
+            if crd["kind"] != "CustomResourceDefinition":  # e.g. the torch-distributed ClusterTrainingRuntime
+                group, version = crd["apiVersion"].split("/")
+                plural = crd["kind"].lower() + "s"
+                custom.create_cluster_custom_object(group, version, plural, crd, _preload_content=False)
                 continue
             # POST, not client-side apply: the PyTorchJob CRD is too big for the
             # last-applied-configuration annotation. _preload_content=False skips the
