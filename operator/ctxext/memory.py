@@ -12,6 +12,12 @@ size of the whole model on every rank (``fp32_groups_gradients_flat`` in ``bf16_
 +4Ψ. A single-rank stage runs ZeRO-1 whatever was asked (:data:`SINGLE_RANK_ZERO_STAGE`: one rank
 has nothing to partition), so the planner estimates it at that stage.
 
+On GPU at ZeRO 2 and 3 the trainer accumulates gradients in fp32 (``data_types.grad_accum_dtype``,
+``ctxext_trainer.engine.FP32_ACCUMULATION_STAGES``): the gradient partition is fp32 instead of
+bf16, +2Ψ/W at both stages (:data:`FP32_GRAD_ACCUM_EXTRA_BYTES`, counted with the gradients;
+DeepSpeed 0.19.8 measured on CPU, ``bench/grad_accum_memory.py``: the live gradient partition of a
+ZeRO-2 rank goes from 2Ψ/W bf16 to 4Ψ/W fp32, ZeRO-3's ``grad_partitions_flat_buffer`` likewise).
+
 Activations for s = seqLen / sequenceParallel · batchSize local tokens, a bytes per element, E the
 elements one decoder layer keeps per token for backward (SDPA/flash attention: no s² term). Counted
 from transformers' Llama layer: two RMSNorms (input, fp32 upcast = 2 elements, output), q/k/v,
@@ -28,7 +34,8 @@ Worked example, Llama-3-8B (Ψ = 8.03e9, h = 4096, I = 14336, kv = 1024, V = 128
 tokens on 8 GPUs, sequenceParallel 8, ZeRO 3, checkpointing, bf16:
 states 16Ψ/8 = 14.96 GiB; s = 8192; inputs 32·8192·4096·2 = 2.00 GiB; one layer 2·8192·111616·2 =
 3.41 GiB; logits 4096·128256·10 = 4.89 GiB; gathered layers 0.81 GiB; DeepSpeed buffers 2.89 GiB
-(below); runtime overhead 1.5 GiB → about 31.0 GiB (activations get 10% for allocator fragmentation).
+(below); runtime overhead 1.5 GiB → about 31.0 GiB (activations get 10% for allocator fragmentation);
+fp32 gradient accumulation (ZeRO 2 and 3 under bf16) adds 2Ψ/8 = 1.87 GiB → about 32.9 GiB.
 
 Buffers the layer count above leaves out (:func:`ring_attention_bytes`, :func:`deepspeed_buffer_bytes`):
 
@@ -65,6 +72,8 @@ CPU_RUNTIME_OVERHEAD_GIB = 0.5
 FRAGMENTATION = 1.10
 #: DeepSpeed's default ``reduce_bucket_size`` (elements); the trainer's config leaves it unset.
 REDUCE_BUCKET_ELEMENTS = 500_000_000
+#: Bytes per parameter (before ZeRO's division by W) that fp32 gradient accumulation adds on GPU, by ZeRO stage.
+FP32_GRAD_ACCUM_EXTRA_BYTES = {2: 2, 3: 2}
 
 
 def parameter_count(arch: ModelArchitecture, head_dim: int | None = None) -> int:
@@ -185,6 +194,8 @@ def estimate_memory(
     w, g, o = float(n * w_b), float(n * g_b), float(n * o_b)
     if on_gpu and zero_stage == 1:
         g += 4.0 * n  # the bf16 optimizer's fp32 gradient accumulation buffer (module docstring)
+    if on_gpu:
+        g += FP32_GRAD_ACCUM_EXTRA_BYTES.get(zero_stage, 0) * n  # fp32 accumulation (module docstring)
     if zero_stage >= 1:
         o /= world
     if zero_stage >= 2:

@@ -80,7 +80,7 @@ def test_selective_checkpointing_recomputes_the_fewest_layers_that_fit():
     assert {s.checkpointed_layers for s in roomy} == {0}
     half = with_path(example("llama3-8b-1m.yaml"), "spec.parallelism.checkpointLayerFraction", 0.5)
     assert {s.checkpointed_layers for s in plan_of(with_path(half, "spec.resources.gpuMemoryGiB", 4000)).stages} == {16}
-    with pytest.raises(SpecError, match=r"needs about 59\.9 GiB per GPU but gpuMemoryGiB is 48"):
+    with pytest.raises(SpecError, match=r"needs about 61\.7 GiB per GPU but gpuMemoryGiB is 48"):
         plan_of(half)  # an explicit fraction is kept, and then the 64K stage does not fit
 
 
@@ -260,3 +260,21 @@ def test_a_single_gpu_stage_is_planned_at_zero_1_with_the_fp32_gradient_buffer()
     breakdown = stage.memory_breakdown_gib
     assert breakdown is not None
     assert breakdown["gradients"] == pytest.approx(6 * params / 2**30, rel=1e-3)  # bf16 + the fp32 buffer
+
+
+def test_fp32_gradient_accumulation_is_counted_on_gpu_at_zero_2_and_3():
+    """bf16 at ZeRO 2/3 accumulates gradients in fp32 (ctxext_trainer.engine.FP32_ACCUMULATION_STAGES)."""
+    from ctxext.api.spec import ModelArchitecture
+    from ctxext.memory import GIB, estimate_memory, parameter_count
+
+    arch = ModelArchitecture(num_layers=32, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
+                             num_key_value_heads=8, vocab_size=128256)
+    n, world = parameter_count(arch), 8
+
+    def grads(zero: int, on_gpu: bool) -> float:
+        return estimate_memory(arch, seq_len=65536, batch_size=1, world_size=world, sequence_parallel=8,
+                               zero_stage=zero, activation_checkpointing=True, on_gpu=on_gpu).gradients * GIB
+
+    assert grads(3, True) == pytest.approx(4 * n / world)  # the fp32 partition replaces the bf16 one
+    assert grads(2, True) == pytest.approx(4 * n / world)  # likewise (DeepSpeed's compact fp32 partition)
+    assert grads(3, False) == pytest.approx(4 * n / world)  # CPU trains in fp32 already

@@ -107,7 +107,8 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
     preempt = [False]
     signal.signal(signal.SIGTERM, lambda *_: preempt.__setitem__(0, True))
     check_resume_world_size(checkpoint_root(config), topo.world_size, is_rank0=topo.is_rank0)  # before any load
-    tokenizer = load_tokenizer(resolve_model_path(config.model_path))
+    model_dir = resolve_model_path(config.model_path)
+    tokenizer = load_tokenizer(model_dir)
     requested_zero = config.zero_stage
     config = config.model_copy(update={"zero_stage": effective_zero_stage(requested_zero, topo.world_size)})
     ds_config = deepspeed_config(config, gradient_clipping=GRADIENT_CLIPPING)
@@ -127,7 +128,7 @@ def train_stage(config: StageConfig, topo: Topology) -> int:
         log.info("runtime: %s", runtime)
     engine = build_engine(module, config, ds_config, mpu=sp.mpu)
     keep_rope_fp32(loaded.model)
-    data = build_stage_data(config, tokenizer)
+    data = build_stage_data(config, tokenizer, Path(model_dir))
     guard = HealthGuard(sigma=config.failure_policy.loss_spike_sigma,
                         max_spikes=config.failure_policy.max_loss_spikes, clip=GRADIENT_CLIPPING)
     state = LoopState()

@@ -1,5 +1,5 @@
 """Per-step batches for every rank: length curriculum, data-parallel split, sequence-parallel shards;
-and :func:`build_stage_data`, which reads, holds out and tokenizes a stage's corpus.
+and :func:`build_stage_data`, which streams a stage's corpus from its token cache.
 
 Every rank runs the same deterministic stream and keeps only its part, so no rank needs to know
 another's position and a checkpoint holds one :class:`~ctxext_trainer.data.packing.StreamState`.
@@ -18,7 +18,9 @@ Example: dp 1, sp 2, batch 1, accumulation 1, L = 8 → rank 0 gets positions 0.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from ctxext.stage_config import StageConfig
 from ctxext_trainer.data.augment import is_synthetic, split_documents, synthetic_sequence, upsampling_weights
 from ctxext_trainer.data.packing import PackedSequence, StreamState, TokenStream, next_packed
 from ctxext_trainer.data.sources import load_documents
+from ctxext_trainer.data.token_cache import DocumentTokens, stage_token_corpus
 from ctxext_trainer.eval.haystack import SentencePool
 from ctxext_trainer.tokenizer import Tokenizer
 from ctxext_trainer.zigzag import shard_ranges
@@ -86,11 +89,12 @@ def _cut(values: list[int], ranges: list[tuple[int, int]]) -> list[int]:
 class StageData:
     """The packed, augmented sequences of a stage, resumable through :attr:`state`."""
 
-    def __init__(self, docs: list[list[int]], *, eos_id: int, seed: int, seq_len: int,
+    def __init__(self, docs: Sequence[Sequence[int]] | DocumentTokens, *, eos_id: int, seed: int, seq_len: int,
                  min_seq_len: int | None = None, upsample_long: bool = False, synthetic_ratio: float = 0.0,
                  synthetic_task: str = "passkey", encode: Any = None, state: StreamState | None = None,
                  synthetic_haystack: str = "corpus", tokenizer: Tokenizer | None = None):
-        weights = upsampling_weights([len(d) for d in docs], seq_len) if upsample_long else None
+        lengths = docs.lengths().tolist() if isinstance(docs, DocumentTokens) else [len(d) for d in docs]
+        weights = upsampling_weights(lengths, seq_len) if upsample_long else None
         self.stream = TokenStream(docs, eos_id=eos_id, seed=seed, weights=weights, state=state)
         self.seed, self.seq_len, self.min_seq_len = seed, seq_len, min_seq_len
         self.synthetic_ratio, self.synthetic_task, self.encode = synthetic_ratio, synthetic_task, encode
@@ -144,11 +148,11 @@ def training_documents(config: StageConfig) -> list[str]:
     return train
 
 
-def build_stage_data(config: StageConfig, tokenizer: Tokenizer) -> StageData:
-    """Tokenize the training documents and wrap them in a deterministic, resumable stage stream."""
+def build_stage_data(config: StageConfig, tokenizer: Tokenizer, tokenizer_dir: Path) -> StageData:
+    """The training documents from the stage's token cache (tokenized once per stage, memory-mapped:
+    :mod:`ctxext_trainer.data.token_cache`) in a deterministic, resumable stage stream."""
     data = config.data
-    token_docs = [tokenizer.encode(doc) for doc in training_documents(config)]
-    token_docs = [d for d in token_docs if d]
+    token_docs = stage_token_corpus(config, tokenizer, tokenizer_dir).training()
     return StageData(token_docs, eos_id=tokenizer.eos_id, seed=data.seed, seq_len=config.seq_len,
                      min_seq_len=config.min_seq_len, upsample_long=data.long_context_upsampling,
                      synthetic_ratio=data.synthetic_retrieval_ratio,

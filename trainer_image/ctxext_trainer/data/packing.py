@@ -29,7 +29,11 @@ what teaches the model to use distant tokens, and it keeps SDPA / flash attentio
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -73,12 +77,12 @@ class TokenStream:
     ([104, 2, 101, 102], 1)
     """
 
-    def __init__(self, docs: list[list[int]], *, eos_id: int, seed: int, shuffle: bool = True,
+    def __init__(self, docs: Sequence[Any], *, eos_id: int, seed: int, shuffle: bool = True,
                  weights: list[int] | None = None, state: StreamState | None = None):
         if not docs:
             raise ValueError("the token stream needs at least one document")
-        self.docs = [[*list(d), eos_id] for d in docs]
-        self.seed, self.shuffle, self.weights = seed, shuffle, weights
+        self.docs = docs  # not copied: lists, or views into the memory-mapped token cache (numpy arrays)
+        self.eos_id, self.seed, self.shuffle, self.weights = eos_id, seed, shuffle, weights
         self.state = state or StreamState()
         self._orders: dict[int, list[int]] = {}
 
@@ -96,10 +100,15 @@ class TokenStream:
         while len(out) < n:
             order = self._order(state.epoch)
             doc = self.docs[order[state.doc]]
-            piece = doc[state.offset:state.offset + n - len(out)]
-            out.extend(piece)
-            state.offset += len(piece)
-            if state.offset >= len(doc):
+            size = len(doc)  # the document is followed by eos, at offset ``size``
+            end = min(size + 1, state.offset + n - len(out))
+            if state.offset < min(end, size):
+                piece = doc[state.offset:min(end, size)]
+                out.extend(piece.tolist() if isinstance(piece, np.ndarray) else piece)
+            if end > size:
+                out.append(self.eos_id)
+            state.offset = end
+            if state.offset > size:
                 state.doc, state.offset = state.doc + 1, 0
                 if state.doc >= len(order):
                     state.epoch, state.doc = state.epoch + 1, 0

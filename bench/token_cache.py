@@ -1,0 +1,132 @@
+"""Stage data start-up: the memory-mapped token cache against the per-rank Python token lists it replaced.
+
+A synthetic corpus of ``--tokens`` tokens (``--docs`` text files) is tokenized with the byte
+tokenizer, its ids shifted past 256 (``WideTokenizer``): a real vocabulary's ids are mostly above
+CPython's small-int cache, so each listed token is its own int object, as with Llama-3's 128K
+vocabulary. Per approach, in one fresh process each (``--worker``):
+
+* ``lists`` — what every rank did before (issue 25 item 6): read the corpus, tokenize each
+  training document into a list, and keep the stream's copy of it (``[*doc, eos]``);
+* ``cache-build`` — the first rank of a stage: tokenize into ``<out>/token-cache`` and map it;
+* ``cache-open`` — every other rank, node, retry and resumed attempt: map the finished cache.
+
+Reported: seconds until the stage's data object exists, Python heap kept (tracemalloc, after the
+build) and peak, per token; resident set growth (``/proc/self/status`` VmRSS, which counts mapped
+pages that were touched — none are before the first step); and the cache's bytes on disk.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/token_cache.py             # 20M tokens: ~2 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import _harness as h
+
+WORDS = ("context", "window", "rotary", "position", "theta", "stage", "curriculum", "token", "memory",
+         "attention", "sequence", "parallel", "gradient", "checkpoint", "evaluation", "needle")
+
+
+class WideTokenizer:
+    """Byte tokenizer with ids shifted by 1000 (ids above the small-int cache, like a real vocabulary)."""
+
+    vocab_size, eos_id, bos_id, pad_id = 1260, 2, 1, 0
+
+    def encode(self, text: str) -> list[int]:
+        return [b + 1000 for b in text.encode("utf-8")]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i - 1000 for i in ids if i >= 1000).decode("utf-8", errors="replace")
+
+
+def make_corpus(directory: Path, tokens: int, docs: int) -> None:
+    directory.mkdir(parents=True)
+    per_doc = tokens // docs
+    for i in range(docs):
+        words = [WORDS[(i * 31 + j * 7) % len(WORDS)] for j in range(per_doc // 8 + 1)]
+        (directory / f"doc{i:05d}.txt").write_text(" ".join(words)[:per_doc])
+
+
+def _rss() -> int:
+    return h.parse_proc_status(Path("/proc/self/status").read_text()).get("VmRSS", 0)
+
+
+def worker(mode: str, corpus: Path, out: Path, model: Path) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "trainer"))
+    from conftest import stage_config
+
+    from ctxext.stage_config import StageConfig
+    from ctxext_trainer.data.augment import split_documents
+    from ctxext_trainer.data.batches import Layout, StageData, build_stage_data
+    from ctxext_trainer.data.sources import load_documents
+
+    config = StageConfig.model_validate(stage_config(model, corpus, out, seq_len=4096))
+    tok = WideTokenizer()
+    rss0 = _rss()
+    tracemalloc.start()
+    started = time.perf_counter()
+    if mode == "lists":  # the code before issue 25 item 6 (build_stage_data + TokenStream's copy)
+        train, _ = split_documents(load_documents(f"file://{corpus}"), 0.0, 7)
+        token_docs = [d for d in (tok.encode(t) for t in train) if d]
+        streamed = [[*d, tok.eos_id] for d in token_docs]
+        del token_docs, train
+        data: Any = StageData([[1]], eos_id=tok.eos_id, seed=7, seq_len=4096)
+        data.stream.docs = streamed
+        tokens = sum(len(d) - 1 for d in streamed)
+    else:
+        data = build_stage_data(config, tok, model)
+        tokens = int(data.stream.docs.lengths().sum())
+    seconds = time.perf_counter() - started
+    kept, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    data.step_batches(0, Layout())  # the first step's batch (touches one sequence of the mapped tokens)
+    cache = next((out / "token-cache").glob("*/meta.json"), None) if mode != "lists" else None
+    return {"mode": mode, "tokens": tokens, "seconds": seconds, "kept_bytes_per_token": kept / tokens,
+            "peak_bytes_per_token": peak / tokens, "rss_growth_bytes_per_token": (_rss() - rss0) / tokens,
+            "disk_bytes_per_token": json.loads(cache.read_text())["bytesPerToken"] if cache else None}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=20_000_000)
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--worker", nargs=4, metavar=("MODE", "CORPUS", "OUT", "MODEL"))
+    args = parser.parse_args()
+    if args.worker:
+        mode, corpus, out, model = args.worker
+        print("RESULT " + json.dumps(worker(mode, Path(corpus), Path(out), Path(model))), flush=True)
+        return
+    from ctxext_trainer.tokenizer import ByteTokenizer
+
+    work = Path(tempfile.mkdtemp(prefix="token-cache-bench-"))
+    try:
+        make_corpus(work / "corpus", args.tokens, args.docs)
+        (work / "model").mkdir()
+        ByteTokenizer().save(work / "model")  # the cache key hashes the tokenizer's files
+        rows, cells = [], []
+        for mode in ("lists", "cache-build", "cache-open"):
+            proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(work / "corpus"), str(work / "out"),
+                                   str(work / "model")], capture_output=True, text=True, check=True)
+            cell = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
+            cells.append(cell)
+            rows.append([mode, cell["tokens"], cell["seconds"], cell["kept_bytes_per_token"],
+                         cell["peak_bytes_per_token"], cell["rss_growth_bytes_per_token"],
+                         cell["disk_bytes_per_token"]])
+        h.print_table(["approach", "tokens", "start s", "kept B/tok", "peak B/tok", "RSS B/tok", "disk B/tok"], rows,
+                      title=f"stage data start-up, {args.tokens:,} tokens in {args.docs} documents, one process each")
+        h.emit_json("token_cache", {"tokens": args.tokens, "docs": args.docs, "cells": cells})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
