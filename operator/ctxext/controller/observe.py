@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ctxext.controller.builder import ANNOTATION_LR, LABEL_ATTEMPT, LABEL_STAGE
+from ctxext.controller.builder import ANNOTATION_LR, ANNOTATION_STEPS, LABEL_ATTEMPT, LABEL_STAGE
 
 #: Condition types in the order they win when several are True.
 PRIORITY = ("Succeeded", "Failed", "Suspended", "Restarting", "Running", "Created")
@@ -35,6 +35,8 @@ class ObservedJob:
     """Peak learning rate it was created with (annotation)."""
     finished_at: datetime | None = None
     """lastTransitionTime of its terminal condition."""
+    steps: int | None = None
+    """Total optimizer steps it was created with (annotation; more than planned after a gate retry)."""
 
     @property
     def terminal(self) -> bool:
@@ -80,7 +82,9 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
         lr: float | None = float((meta.get("annotations") or {})[ANNOTATION_LR])
     except (KeyError, TypeError, ValueError):
         lr = None
+    steps = _int((meta.get("annotations") or {}).get(ANNOTATION_STEPS)) or None
     run_policy = (obj.get("spec") or {}).get("runPolicy") or {}
     return ObservedJob(name=meta.get("name", ""), stage=_int(labels.get(LABEL_STAGE)),
                        attempt=_int(labels.get(LABEL_ATTEMPT)), state=state, message=message,
-                       suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished)
+                       suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished,
+                       steps=steps)
