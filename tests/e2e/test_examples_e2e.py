@@ -19,6 +19,9 @@ import json
 import os
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,9 @@ from kubernetes import client, config
 from tests.integration.operator_harness import CTXEXT, Cluster, OperatorProcess, Proc, wait_for
 from tests.unit.helpers import ROOT, example
 
-pytestmark = [pytest.mark.apiserver, pytest.mark.distributed]
+# Each test runs whole curricula (the tiny one twice, once per path): ~7 min on two idle cores, ~25 min on two
+# busy ones, so they get more than the suite's 900 s; their own waits stop at 2400 s.
+pytestmark = [pytest.mark.apiserver, pytest.mark.distributed, pytest.mark.timeout(3000)]
 #: The example's 150 + 350 steps take ~6.5 min on two idle cores; 60 + 150 is the shortest we measured to
 #: pass every shipped gate (stage 1: passkey@512 1.00, @128 1.00, ppl@128 +8.3% of the base's 6.52 vs
 #: the 10% allowed; stage 2: passkey@1024 1.00, ppl@128 +0.6%).
@@ -85,6 +90,10 @@ def test_tiny_cpu_example_succeeds_with_its_own_gates_and_the_same_numbers_on_bo
     local_base = json.loads((workdir / "baseline" / "evaluation.json").read_text())
     report = json.loads((workdir / "report.json").read_text())
     assert report["status"] == "Succeeded" and all(c["passed"] for c in report["checks"]), report["checks"]
+    # the final model is the last stage's, at its theta (these checks moved here from test_local_run.py)
+    assert [s["index"] for s in report["stages"]] == [1, 2] and (workdir / "loss_by_position.png").stat().st_size
+    model_config = json.loads((workdir / "model" / "config.json").read_text())
+    assert model_config["rope_parameters"]["rope_theta"] == pytest.approx(report["stages"][-1]["ropeTheta"])
     again = subprocess.run([CTXEXT, "run", str(manifest), "--workdir", str(workdir), "--metrics-port", "0"],
                            env={**os.environ, "COLUMNS": "160"}, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done (earlier run)") == 2, again.stdout + again.stderr
@@ -140,6 +149,32 @@ def llama3_scaled(root: Path) -> dict[str, Any]:
     return obj
 
 
+@contextmanager
+def kueue_admits(cluster: Cluster) -> Iterator[list[str]]:
+    """Act as Kueue with free quota: resume every suspended PyTorchJob that names a queue (the example sets
+    ``scheduling.queueName``), as Kueue does on admission; yields the names it admitted."""
+    admitted: list[str] = []
+    stop = threading.Event()
+
+    def admit() -> None:
+        while not stop.wait(0.5):
+            for name, job in cluster.pytorchjobs("llama3-8b-1m").items():
+                queued = "kueue.x-k8s.io/queue-name" in (job["metadata"].get("labels") or {})
+                if queued and (job["spec"].get("runPolicy") or {}).get("suspend"):
+                    cluster.api.patch_namespaced_custom_object("kubeflow.org", "v1", cluster.ns,
+                                                               "pytorchjobs", name,
+                                                               {"spec": {"runPolicy": {"suspend": False}}})
+                    admitted.append(name)
+
+    thread = threading.Thread(target=admit, daemon=True)
+    thread.start()
+    try:
+        yield admitted
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_llama3_example_scaled_to_the_tiny_model_runs_its_shipped_gates_end_to_end(k8s_api, tmp_path):
     obj = llama3_scaled(tmp_path / "root")
     shipped = example("llama3-8b-1m.yaml")["spec"]
@@ -147,8 +182,9 @@ def test_llama3_example_scaled_to_the_tiny_model_runs_its_shipped_gates_end_to_e
         assert obj["spec"][field] == shipped[field]
     cluster, operator, executor = start_operator(k8s_api, tmp_path, "examples-llama")
     try:
-        cluster.create(obj)
-        status = finish(cluster, "llama3-8b-1m", operator)
+        with kueue_admits(cluster):
+            cluster.create(obj)
+            status = finish(cluster, "llama3-8b-1m", operator)
     finally:
         executor.stop()
         operator.stop()

@@ -84,6 +84,29 @@ def test_a_gate_retry_trains_the_stage_further_instead_of_re_evaluating_the_same
     assert w.status["stages"][0]["steps"] == 200
 
 
+def test_a_gate_retry_adopted_after_an_operator_crash_keeps_its_step_count():
+    # The operator died after creating gate retry t-s1-a2 (200 steps) and before writing status: the adopted
+    # job's own step count must be kept, or the next gate retry would train to 200 again, i.e. not at all.
+    from ctxext.controller.builder import build_pytorchjob
+    from ctxext.controller.observe import observe
+
+    gates = [{"metric": "passkeyAccuracy", "atLength": "stage", "min": 0.9}]
+    obj = manifest(evaluation={"gates": gates}, failurePolicy={"onGateFailure": "Retry", "backoffSeconds": 0},
+                   curriculum={"stages": [{"seqLen": 16384, "steps": 100}, {"seqLen": 65536}]})
+    w = World(obj)
+    w.step()
+    missed = {**ok(5.0, 100), "evaluation": {"passkeyAccuracy": {"16384": 0.5}}}
+    w.finish("t-s1-a1", "Succeeded", missed)
+    before = {**w.status, "stages": [dict(s) for s in w.status["stages"]]}
+    [created] = w.step().creates
+    body = build_pytorchjob(w.job, w.plan, 1, attempt=2, learning_rate=created.learning_rate, steps=created.steps)
+    w.jobs["t-s1-a2"] = observe({**body, "metadata": {**body["metadata"], "name": "t-s1-a2"}})
+    w.status = before  # the status write of that pass was lost
+    assert w.step().creates == [] and w.status["stages"][0]["steps"] == 200
+    w.finish("t-s1-a2", "Succeeded", {**missed, "totalSteps": 200, "stepsDone": 200})
+    assert [(c.attempt, c.steps) for c in w.step().creates] == [(3, 300)]
+
+
 def test_judge_and_next_attempt_agree_on_every_failure_kind():
     gates = FailurePolicySpec(on_gate_failure="Retry", max_retries=1, backoff_seconds=10)
     assert judge({"status": "Failed", "reason": "boom"}, gates=[], stage_seq_len=1, original_length=1,

@@ -53,6 +53,8 @@ MISSED = {**good(150), "evaluation": {**good(150)["evaluation"], "passkeyAccurac
                                                                                        "1024": 0.0}}}
 #: stage-attempt → what the trainer reports (None: it dies without a result)
 SUCCEEDS = {"0-1": BASE, "1-1": FAULT, "1-2": MISSED, "1-3": good(300), "2-1": None, "2-2": good(350)}
+BASE_RETRIED = {"0-1": None, "0-2": BASE, "1-1": good(150), "2-1": good(350)}
+BASE_BROKEN = {"0-1": None, "0-2": None, "0-3": {"status": "Failed", "reason": "OSError: no config.json"}}
 FAILS = {"0-1": BASE, "1-1": good(150, ppl=7.5), "1-2": good(300, ppl=7.4), "1-3": good(450, ppl=7.3)}
 
 
@@ -65,7 +67,7 @@ def manifest(model: Path) -> dict[str, Any]:
 
 def local_run(tmp_path: Path, scenario: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[int, list, str]:
     model = tmp_path / "base"
-    model.mkdir()
+    model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     fake, scripted = tmp_path / "fake_trainer.py", tmp_path / "scenario.json"
     fake.write_text(FAKE_TRAINER)
@@ -121,3 +123,20 @@ def test_a_gate_that_keeps_failing_fails_both_paths_with_the_same_message(tmp_pa
     message = w.cond("Failed")["message"]
     assert message.startswith("stage 1/2 failed after 3 attempts: evaluation gate not met: perplexity at 128 = 7.3")
     assert message in " ".join(console.split())  # the same words (rich wraps long lines)
+
+
+def test_the_base_model_evaluation_is_retried_and_fails_the_same_way_on_both_paths(tmp_path, monkeypatch):
+    # `ctxext run` used to give up on the first failed baseline evaluation; the operator retries it.
+    code, local_calls, console = local_run(tmp_path / "retried", BASE_RETRIED, monkeypatch)
+    assert code == 0, console
+    w, operator_calls = operator_run(BASE_RETRIED)
+    assert w.status["phase"] == "Succeeded"
+    assert local_calls == operator_calls == [(0, 1, 1e-3, 0), (0, 2, 1e-3, 0), (1, 1, 1e-3, 150), (2, 1, 1e-3, 350)]
+    code, local_calls, console = local_run(tmp_path / "broken", BASE_BROKEN, monkeypatch)
+    w, operator_calls = operator_run(BASE_BROKEN)
+    assert code == 1 and w.status["phase"] == "Failed" and w.cond("Failed")["reason"] == "BaselineFailed"
+    assert local_calls == operator_calls == [(0, 1, 1e-3, 0), (0, 2, 1e-3, 0), (0, 3, 1e-3, 0)]
+    message = w.cond("Failed")["message"]
+    assert message == ("the base model could not be evaluated, so no stage was trained: baseline evaluation "
+                       "failed after 3 attempts: OSError: no config.json")
+    assert message in " ".join(console.split())

@@ -393,8 +393,27 @@ class Gate(ApiModel):
     """Largest acceptable relative increase over the base model at the same length (0.05 = +5%)."""
 
 
+_TASKS = "(has(self.tasks) ? self.tasks : ['passkey', 'perplexity'])"
+
+
 class EvaluationSpec(ApiModel):
-    """Evaluation after each stage, and the gates that decide whether the curriculum goes on."""
+    """Evaluation after each stage, and the gates that decide whether the curriculum goes on.
+
+    Gates that could never be judged are refused at admission (below; lengths need the plan, so
+    :func:`ctxext.decide.gate_problems` checks those in `ctxext validate` and the operator)."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": k8s(validations=[
+        cel("!has(self.gates) || size(self.gates) == 0 || !has(self.enabled) || self.enabled",
+            "gates are set but evaluation is disabled, so no stage could ever pass them: enable evaluation or "
+            "remove the gates", field_path=".enabled"),
+        cel(f"!has(self.gates) || self.gates.all(g, g.metric in ['retrievalAccuracy', 'effectiveLength'] ? "
+            f"{_TASKS}.exists(t, t != 'perplexity') : (g.metric == 'perplexity' ? 'perplexity' in {_TASKS} : "
+            f"{_TASKS}.exists(t, t + 'Accuracy' == g.metric)))",
+            "every gated metric needs its task in evaluation.tasks (passkeyAccuracy: passkey, needleAccuracy: "
+            "needle, multiKeyNiahAccuracy: multiKeyNiah, multiValueNiahAccuracy: multiValueNiah, "
+            "variableTrackingAccuracy: variableTracking, perplexity: perplexity, retrievalAccuracy and "
+            "effectiveLength: any retrieval task): add the task or remove the gate", field_path=".gates"),
+    ])}
 
     enabled: bool = True
     """Run the evaluation suite after each stage."""

@@ -38,6 +38,7 @@ LABEL_JOB = "ctxext.dev/job"
 LABEL_STAGE = "ctxext.dev/stage"
 LABEL_ATTEMPT = "ctxext.dev/attempt"
 ANNOTATION_LR = "ctxext.dev/learning-rate"
+ANNOTATION_STEPS = "ctxext.dev/steps"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 MASTER_PORT = 23456
 #: uid and gid of the trainer image's user (trainer_image/Dockerfile: USER 10001:10001, HOME owned by it);
@@ -188,7 +189,8 @@ def build_pytorchjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attemp
     if spec.run_policy.active_deadline_seconds is not None:
         run_policy["activeDeadlineSeconds"] = spec.run_policy.active_deadline_seconds
     metadata: dict[str, Any] = {"name": job_name, "namespace": namespace, "labels": dict(labels),
-                                "annotations": {ANNOTATION_LR: repr(stage_config.learning_rate)}}
+                                "annotations": {ANNOTATION_LR: repr(stage_config.learning_rate),
+                                                ANNOTATION_STEPS: str(stage_config.steps)}}
     if sched.queue_name:
         metadata["labels"][QUEUE_LABEL] = sched.queue_name
     if result_key:

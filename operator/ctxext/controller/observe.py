@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ctxext.controller.builder import ANNOTATION_LR, ANNOTATION_RESULT_KEY, LABEL_ATTEMPT, LABEL_STAGE
+from ctxext.controller.builder import (
+    ANNOTATION_LR,
+    ANNOTATION_RESULT_KEY,
+    ANNOTATION_STEPS,
+    LABEL_ATTEMPT,
+    LABEL_STAGE,
+)
 
 #: Kind of the owner whose UID decides which PyTorchJobs are a ContextExtensionJob's own.
 OWNER_KIND = "ContextExtensionJob"
@@ -43,6 +49,8 @@ class ObservedJob:
     """Since when it has been waiting to run: its creation, or the last time it was suspended or resumed."""
     result_key: str | None = None
     """The secret its trainer signs the stage result with (annotation ctxext.dev/result-key)."""
+    steps: int | None = None
+    """Total optimizer steps it was created with (annotation; more than planned after a gate retry)."""
 
     @property
     def terminal(self) -> bool:
@@ -88,6 +96,7 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
         lr: float | None = float((meta.get("annotations") or {})[ANNOTATION_LR])
     except (KeyError, TypeError, ValueError):
         lr = None
+    steps = _int((meta.get("annotations") or {}).get(ANNOTATION_STEPS)) or None
     run_policy = (obj.get("spec") or {}).get("runPolicy") or {}
     owner = next((r.get("uid") for r in meta.get("ownerReferences") or []
                   if r.get("controller") and r.get("kind") == OWNER_KIND), None)
@@ -99,4 +108,4 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
                        attempt=_int(labels.get(LABEL_ATTEMPT)), state=state, message=message,
                        suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished,
                        owner_uid=owner, waiting_since=since,
-                       result_key=(meta.get("annotations") or {}).get(ANNOTATION_RESULT_KEY))
+                       result_key=(meta.get("annotations") or {}).get(ANNOTATION_RESULT_KEY), steps=steps)

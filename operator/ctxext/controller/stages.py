@@ -141,6 +141,8 @@ class StagePass:
             found = mine[top]
             s.update(attempts=top, jobName=found.name, nextAttemptTime=None,
                      learningRate=found.learning_rate if found.learning_rate is not None else s.get("learningRate"))
+            if found.steps is not None and index > 0:  # a gate retry's total, not the plan's
+                s["steps"] = found.steps
             s.setdefault("startTime", self.now)
             self._phase(s, "Running")
         attempt = int(s.get("attempts") or 0)

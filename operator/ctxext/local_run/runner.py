@@ -106,20 +106,34 @@ class LocalRun:
             return dict(json.loads(self.wd.baseline_file.read_text()))
         if not baseline_needed(self.job.spec, report=True):
             return {}
-        config = local_stage_config(self.job, self.plan, self.wd, 0, metrics_port=0)
         self.wd.baseline_dir.mkdir(parents=True, exist_ok=True)
-        path = self.wd.baseline_dir / "stage-config.json"
-        path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+        log, attempt = self.wd.baseline_dir / "evaluate.log", 1
         self.ran = True
-        self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {config.eval_lengths} …")
-        log = self.wd.baseline_dir / "evaluate.log"
-        with log.open("ab") as out:
-            rc = subprocess.call(trainer_command(path, self.nproc), env=_env(), stdout=out, stderr=out,
-                                 start_new_session=True)
-        result = read_result(self.wd.baseline_dir)
-        if rc != 0 or result is None or result.status != "Succeeded":
-            why = result.reason if result is not None and result.reason else f"exit {rc}"
-            raise BaselineError(f"the base model could not be evaluated, so no stage was trained: {why}; see {log}")
+        while True:  # failed evaluations are retried as failurePolicy says, as the operator retries its s0 job
+            config = local_stage_config(self.job, self.plan, self.wd, 0, metrics_port=0, attempt=attempt)
+            path = self.wd.baseline_dir / "stage-config.json"
+            path.write_text(json.dumps(config.to_wire(), indent=2, sort_keys=True))
+            (self.wd.baseline_dir / RESULT_FILE).unlink(missing_ok=True)  # a failed attempt's
+            self.console.print(f"evaluating the base model {base_model_dir(self.job)} at {config.eval_lengths} …")
+            with log.open("ab") as out:
+                rc = subprocess.call(trainer_command(path, self.nproc), env=_env(), stdout=out, stderr=out,
+                                     start_new_session=True)
+            result = read_result(self.wd.baseline_dir)
+            if rc == 0 and result is not None and result.status == "Succeeded":
+                break
+            verdict = judge(result.to_wire() if result is not None else None, gates=[], stage_seq_len=config.seq_len,
+                            original_length=self.plan.original_context_length, baseline=None)
+            reason = verdict.reason if result is not None else f"{NO_RESULT} (the trainer exited with code {rc})"
+            n = next_attempt(verdict.code, attempt=attempt, policy=self.job.spec.failure_policy, learning_rate=None,
+                             steps=0, planned_steps=0)
+            if not n.retry:
+                raise BaselineError("the base model could not be evaluated, so no stage was trained: "
+                                    f"{stop_message('baseline evaluation', attempt, reason or '', n.why_not)}; "
+                                    f"see {log}")
+            self.console.print(retry_message("baseline evaluation", attempt, reason or "", None, n.delay_seconds,
+                                             None))
+            time.sleep(n.delay_seconds)
+            attempt += 1
         self.wd.baseline_file.write_text(json.dumps(result.evaluation, indent=2, sort_keys=True))
         return dict(result.evaluation)
 
