@@ -13,7 +13,7 @@ from ctxext.errors import SpecError
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
 from tests.unit.helpers import example, with_path
-from tests.unit.test_controller_reconcile import World, manifest
+from tests.unit.test_controller_reconcile import UID, World, manifest
 
 PPL_GATE = {"metric": "perplexity", "atLength": "original", "maxIncrease": 0.1}
 BASE = {"status": "Succeeded", "stage": 0, "stepsDone": 0,
@@ -100,7 +100,10 @@ def test_a_gate_retry_adopted_after_an_operator_crash_keeps_its_step_count():
     before = {**w.status, "stages": [dict(s) for s in w.status["stages"]]}
     [created] = w.step().creates
     body = build_pytorchjob(w.job, w.plan, 1, attempt=2, learning_rate=created.learning_rate, steps=created.steps)
-    w.jobs["t-s1-a2"] = observe({**body, "metadata": {**body["metadata"], "name": "t-s1-a2"}})
+    owner = [{"apiVersion": "ctxext.dev/v1alpha1", "kind": "ContextExtensionJob", "name": "t", "uid": UID,
+              "controller": True}]  # as kopf.adopt sets it: only the job's own PyTorchJobs are adopted
+    w.jobs["t-s1-a2"] = observe({**body, "metadata": {**body["metadata"], "name": "t-s1-a2",
+                                                      "ownerReferences": owner}})
     w.status = before  # the status write of that pass was lost
     assert w.step().creates == [] and w.status["stages"][0]["steps"] == 200
     w.finish("t-s1-a2", "Succeeded", {**missed, "totalSteps": 200, "stepsDone": 200})
