@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["ctxext.gates", "ctxext.cli.eval_cmds", "ctxext_trainer.eval.haystack", "ctxext_trainer.eval.tasks",
            "ctxext_trainer.eval.parallel", "ctxext_trainer.eval.perplexity", "ctxext_trainer.eval.generate",
-           "ctxext_trainer.eval.sharded", "ctxext_trainer.eval.oom"]
+           "ctxext_trainer.eval.sharded", "ctxext_trainer.eval.oom", "ctxext_trainer.eval.corpus"]
 
 
 @pytest.mark.parametrize("name", MODULES)

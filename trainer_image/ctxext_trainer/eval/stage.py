@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxext.stage_config import StageConfig
+from ctxext_trainer.eval.corpus import eval_char_budget, read_eval_texts
 from ctxext_trainer.eval.oom import EvaluationOutOfMemory, out_of_memory
 from ctxext_trainer.eval.suite import builtin_corpus_texts, evaluate_model
 from ctxext_trainer.eval.tasks import CORPUS_TASKS
@@ -43,14 +44,30 @@ INJECT_ALLOCATION_ENV = "CTXEXT_INJECT_EVAL_ALLOCATION_BYTES"
 
 
 
-def stage_texts(config: StageConfig) -> tuple[list[str] | None, list[str] | None, str | None]:
-    """(haystack texts, perplexity texts, note) of a stage's corpus; the builtin corpus if it cannot be read."""
+def stage_texts(config: StageConfig, max_chars: int | None = None
+                ) -> tuple[list[str] | None, list[str] | None, str | None]:
+    """(haystack texts, perplexity texts, note) of a stage's corpus; the builtin corpus if it cannot be read.
+
+    Reads only the bounded prefix evaluation uses (:mod:`ctxext_trainer.eval.corpus`): ``max_chars``
+    characters of documents and of held-out documents, by default the budget of the config's
+    evaluation (its lengths and samples per cell); the whole corpus only for a config without one."""
+    if max_chars is None and getattr(config, "evaluation", None) is not None:
+        lengths = config.eval_lengths or [config.original_context_length, config.seq_len]
+        max_chars = eval_char_budget(lengths, config.evaluation.samples_per_cell)
     try:
         from ctxext_trainer.data.augment import split_documents
-        from ctxext_trainer.data.sources import load_documents
+        from ctxext_trainer.data.sources import DataSourceError, load_documents
 
-        docs = load_documents(config.data.source, fmt=str(config.data.format), text_field=config.data.text_field)
-        _, held_out = split_documents(docs, config.data.validation_fraction, config.data.seed)
+        data = config.data
+        if max_chars is None:
+            docs = load_documents(data.source, fmt=str(data.format), text_field=data.text_field)
+            _, held_out = split_documents(docs, data.validation_fraction, data.seed)
+        else:
+            docs, held_out = read_eval_texts(data.source, fmt=str(data.format), text_field=data.text_field,
+                                             validation_fraction=data.validation_fraction, seed=data.seed,
+                                             max_chars=max_chars)
+            if not docs:
+                raise DataSourceError(f"data.source {data.source!r} holds no non-empty documents")
     except Exception as exc:  # a missing corpus must not lose the rest of the evaluation
         log.warning("evaluation corpus %s unreadable (%s); using the builtin tiny corpus", config.data.source, exc)
         builtin = builtin_corpus_texts()
