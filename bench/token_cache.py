@@ -8,7 +8,11 @@ vocabulary. Per approach, in one fresh process each (``--worker``):
 * ``lists`` — what every rank did before (issue 25 item 6): read the corpus, tokenize each
   training document into a list, and keep the stream's copy of it (``[*doc, eos]``);
 * ``cache-build`` — the first rank of a stage: tokenize into ``<out>/token-cache`` and map it;
-* ``cache-open`` — every other rank, node, retry and resumed attempt: map the finished cache.
+* ``cache-open`` — every other rank, node, retry and resumed attempt: map the finished cache;
+* ``eval-full`` — what stage evaluation did on every rank before: read the whole corpus as text and
+  split off the held-out documents (``load_documents`` + ``split_documents``);
+* ``eval-bounded`` — what it does now (``eval.stage.stage_texts``): the bounded prefix of documents and
+  held-out documents its lengths use (:mod:`ctxext_trainer.eval.corpus`; here the 2 MiB floor).
 
 Reported: seconds until the stage's data object exists, Python heap kept (tracemalloc, after the
 build) and peak, per token; resident set growth (``/proc/self/status`` VmRSS, which counts mapped
@@ -74,6 +78,22 @@ def worker(mode: str, corpus: Path, out: Path, model: Path) -> dict[str, Any]:
     rss0 = _rss()
     tracemalloc.start()
     started = time.perf_counter()
+    if mode.startswith("eval-"):  # stage evaluation's texts (validationFraction 0.01, as the API's default)
+        from ctxext_trainer.eval.stage import stage_texts
+
+        config.data.validation_fraction = 0.01
+        if mode == "eval-full":
+            docs = load_documents(config.data.source)
+            texts: tuple[Any, ...] = (docs, split_documents(docs, 0.01, config.data.seed)[1])
+        else:
+            texts = stage_texts(config)[:2]
+        seconds = time.perf_counter() - started
+        kept, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        tokens = sum(len(tok.encode(d)) for d in load_documents(config.data.source))  # the corpus's, for B/tok
+        return {"mode": mode, "tokens": tokens, "seconds": seconds, "kept_bytes_per_token": kept / tokens,
+                "peak_bytes_per_token": peak / tokens, "rss_growth_bytes_per_token": (_rss() - rss0) / tokens,
+                "disk_bytes_per_token": None, "texts_chars": [sum(map(len, t)) for t in texts]}
     if mode == "lists":  # the code before issue 25 item 6 (build_stage_data + TokenStream's copy)
         train, _ = split_documents(load_documents(f"file://{corpus}"), 0.0, 7)
         token_docs = [d for d in (tok.encode(t) for t in train) if d]
@@ -113,7 +133,7 @@ def main() -> None:
         (work / "model").mkdir()
         ByteTokenizer().save(work / "model")  # the cache key hashes the tokenizer's files
         rows, cells = [], []
-        for mode in ("lists", "cache-build", "cache-open"):
+        for mode in ("lists", "cache-build", "cache-open", "eval-full", "eval-bounded"):
             proc = subprocess.run([sys.executable, __file__, "--worker", mode, str(work / "corpus"), str(work / "out"),
                                    str(work / "model")], capture_output=True, text=True, check=True)
             cell = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
@@ -122,7 +142,7 @@ def main() -> None:
                          cell["peak_bytes_per_token"], cell["rss_growth_bytes_per_token"],
                          cell["disk_bytes_per_token"]])
         h.print_table(["approach", "tokens", "start s", "kept B/tok", "peak B/tok", "RSS B/tok", "disk B/tok"], rows,
-                      title=f"stage data start-up, {args.tokens:,} tokens in {args.docs} documents, one process each")
+                      title=f"data and eval text start, {args.tokens:,} tokens in {args.docs} docs, one process each")
         h.emit_json("token_cache", {"tokens": args.tokens, "docs": args.docs, "cells": cells})
     finally:
         shutil.rmtree(work, ignore_errors=True)
