@@ -7,7 +7,7 @@
 # hjson, no internet, and this repository copied but not installed.
 #
 #   bash bench/gpu_device_run.sh                # in the repository root, with .whl/ beside it
-#   PHASES=checks bash bench/gpu_device_run.sh  # only the #25 checks (phase 4): about 3 minutes
+#   PHASES=checks bash bench/gpu_device_run.sh  # only the #25 checks (phase 4): about 8 minutes (estimate)
 #   DRY_RUN=1 bash bench/gpu_device_run.sh      # print the phases and commands, run nothing
 #   PHASES=checks CHECK_ARGS=--smoke-cpu OUT=/tmp/o bash bench/gpu_device_run.sh   # CPU rehearsal
 #
@@ -20,9 +20,14 @@
 #      $OUT/<name>.json --log-dir --budget-seconds (what is left) and CHECK_ARGS. A check prints a
 #      table, writes one JSON object and exits 0 when it holds. Issue #25: gpu_check_eval.py (items
 #      1 and 4: evaluation peak per rank vs the planner's estimate, unsharded and sharded over the
-#      GPUs, chunked prefill vs the old one-shot cached prefill, the ring kernel CUDA picks); the
-#      checks of items 2 and 5 (preemption through launch, fp32 gradient accumulation) are added as
-#      bench/gpu_check_<name>.py with the same options and run here without editing this script.
+#      GPUs, chunked prefill vs the old one-shot cached prefill, the ring kernel CUDA picks),
+#      gpu_check_grad_accum.py (item 5: bf16 gradients accumulated over 32 micro-batches at ZeRO 2/3
+#      against a float64 sum, with and without data_types.grad_accum_dtype), gpu_check_memory.py
+#      (item 4: the planner's estimate vs the trainer's peak), gpu_check_preemption.py (item 2:
+#      SIGTERM to the torchrun agent as PID 1 during a 40 s step; checkpoint, resume). These two
+#      import the trainer tests' helpers, so the machine needs pytest importable (a pytest wheel
+#      with its dependencies in .whl/fallback/ otherwise). A new bench/gpu_check_<name>.py with the
+#      same options runs here without editing this script.
 #
 # .whl/ (git-ignored, carried to the machine) holds the wheels the trainer path needs and the
 # machine lacks: deepspeed 0.19.8 (pure Python, built here with no ops), pydantic + pydantic-core
@@ -44,7 +49,9 @@
 # (/tmp/site), TOTAL_SECONDS (540), THROUGHPUT_SECONDS (300), BENCH_ARGS (replaces the main
 # table's arguments; used for the CPU rehearsal with --smoke-cpu), ZERO3_ARGS, SP_ARGS (likewise
 # for phases 2 and 3; SP_ARGS="--smoke-cpu --nproc 4 ..." rehearses the SP check on CPU), PHASES,
-# CHECK_ARGS (added to every check of phase 4), DRY_RUN=1 (print, run nothing).
+# CHECK_ARGS (added to every check of phase 4), CHECKS (a glob of the checks phase 4 runs, default
+# gpu_check_*; e.g. CHECKS='gpu_check_[gp]*' for items 2 and 5 alone: the four checks together need
+# about 8 minutes, more than one 540 s run leaves them), DRY_RUN=1 (print, run nothing).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -197,7 +204,7 @@ run_checks() {
     # Phase 4: each bench/gpu_check_*.py, given what is left; a check that fails or runs out of time
     # fails the phase, and a skipped one says so in its JSON.
     local check name budget failed=0 code
-    for check in bench/gpu_check_*.py; do
+    for check in bench/${CHECKS:-gpu_check_*}.py; do
         [[ -f $check ]] || continue
         name=$(basename "$check" .py)
         budget=$(($(left) - 10))

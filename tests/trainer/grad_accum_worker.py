@@ -14,10 +14,13 @@ the boundary's update; the single-step ones summed and divided by ``MICRO``, as 
 for the accumulated modes, ``GUARD_NORM``: the health guard's global gradient norm at the boundary.
 
 Usage: torchrun --nproc-per-node 2 grad_accum_worker.py MODEL_DIR OUT_DIR STAGE [STAGE ...]
+(``$CTXEXT_GRAD_ACCUM_DEVICE=cuda``: the same on CUDA with nccl, one GPU per rank, for
+``bench/gpu_check_grad_accum.py``.)
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -34,35 +37,37 @@ from ctxext_trainer.model_loading import load_causal_lm
 
 SEQ_LEN, THETA, MICRO = 64, 40000.0, 32
 GUARD_NORM = "guard grad_norm"
+DEVICE_ENV = "CTXEXT_GRAD_ACCUM_DEVICE"
 
 
-def micro_batch(i: int) -> dict[str, torch.Tensor]:
+def micro_batch(i: int, device: str = "cpu") -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(100 + i)
     tokens = torch.randint(4, 260, (1, SEQ_LEN + 1), generator=g)
-    return {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:], "position_ids": torch.arange(SEQ_LEN)[None]}
+    batch = {"input_ids": tokens[:, :-1], "labels": tokens[:, 1:], "position_ids": torch.arange(SEQ_LEN)[None]}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def full_grads(engine: object, zero: int) -> dict[str, torch.Tensor]:
-    return {name: safe_get_full_grad(p).detach().double().clone().reshape(p.ds_shape if zero == 3 else p.shape)
+    return {name: safe_get_full_grad(p).detach().double().cpu().clone().reshape(p.ds_shape if zero == 3 else p.shape)
             for name, p in engine_named_params(engine)}
 
 
-def run(model_dir: str, out_dir: str, zero: int, mode: str) -> dict[str, torch.Tensor]:
+def run(model_dir: str, out_dir: str, zero: int, mode: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     accumulation = 1 if mode == "single" else MICRO
     config = StageConfig(job="t", job_name="t", stage=1, total_stages=1, model_path=model_dir, output_dir=out_dir,
                          seq_len=SEQ_LEN, rope_theta=THETA, original_context_length=32, steps=1,
-                         learning_rate=0.0 if mode == "single" else 0.1, device="cpu", zero_stage=zero,
+                         learning_rate=0.0 if mode == "single" else 0.1, device=device, zero_stage=zero,
                          gradient_accumulation=accumulation, activation_checkpointing=False)
     ds_config = deepspeed_config(config, gradient_clipping=0.0, bf16=True)
     if mode == "model-dtype":
         ds_config.pop("data_types", None)
-    loaded = load_causal_lm(model_dir, theta=THETA, seq_len=SEQ_LEN, device="cpu", activation_checkpointing=False,
+    loaded = load_causal_lm(model_dir, theta=THETA, seq_len=SEQ_LEN, device=device, activation_checkpointing=False,
                             ds_config=ds_config)
     engine = build_engine(CausalLMTrainModule(loaded.model), config, ds_config, optimizer="sgd")
     engine.train()
     total: dict[str, torch.Tensor] = {}
     for i in range(MICRO):
-        loss, _, _ = engine(**micro_batch(i))
+        loss, _, _ = engine(**micro_batch(i, device))
         engine.backward(loss)
         if mode == "single":
             for name, g in full_grads(engine, zero).items():
@@ -78,10 +83,12 @@ def run(model_dir: str, out_dir: str, zero: int, mode: str) -> dict[str, torch.T
 
 
 def main(model_dir: str, out_dir: str, stages: list[int]) -> None:
-    topo = init_distributed("cpu", sp_size=1)
+    device = os.environ.get(DEVICE_ENV, "cpu")
+    topo = init_distributed(device, sp_size=1)
     try:
         for zero in stages:
-            record = {mode: run(model_dir, out_dir, zero, mode) for mode in ("single", "trainer", "model-dtype")}
+            record = {mode: run(model_dir, out_dir, zero, mode, device)
+                      for mode in ("single", "trainer", "model-dtype")}
             if topo.is_rank0:
                 torch.save(record, Path(out_dir) / f"accum-z{zero}.pt")
     finally:

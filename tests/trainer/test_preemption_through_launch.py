@@ -47,11 +47,12 @@ def pod_command_and_shutdown_env() -> tuple[list[str], dict[str, str]]:
     return command, env
 
 
-def start_pod(config: dict[str, Any], **extra: str) -> subprocess.Popen[str]:
-    """The pod's process: the builder's command, the stage config in its env var, Kubeflow's PET_* vars."""
+def start_pod(config: dict[str, Any], nproc: int = 2, **extra: str) -> subprocess.Popen[str]:
+    """The pod's process: the builder's command, the stage config in its env var, Kubeflow's PET_* vars
+    (``nproc`` workers; also used by ``bench/gpu_check_preemption.py``)."""
     command, shutdown_env = pod_command_and_shutdown_env()
     env = trainer_env(**shutdown_env, **extra)
-    env.update({ENV_VAR: json.dumps(config), "PET_NNODES": "1", "PET_NPROC_PER_NODE": "2", "PET_NODE_RANK": "0",
+    env.update({ENV_VAR: json.dumps(config), "PET_NNODES": "1", "PET_NPROC_PER_NODE": str(nproc), "PET_NODE_RANK": "0",
                 "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(free_port())})
     return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)

@@ -85,7 +85,8 @@ def test_gpu_flops_and_peaks():
 
 
 @pytest.mark.parametrize("name", ["_harness", "gpu_throughput", "gpu_variants", "gpu_sp_check", "_tiny_runs",
-                                  "demo_robustness", "theta_ablation", "gpu_check_eval", "gpu_check_memory"])
+                                  "demo_robustness", "theta_ablation", "gpu_check_eval", "gpu_check_memory",
+                                  "gpu_check_grad_accum", "gpu_check_preemption"])
 def test_doctests(name):
     result = doctest.testmod(load_bench(name))
     assert result.failed == 0 and result.attempted > 0
