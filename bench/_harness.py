@@ -246,6 +246,19 @@ def emit_json(bench: str, payload: dict[str, Any], path: str | Path | None = Non
     print(line, flush=True)
 
 
+
+def refuse_without_cuda(bench: str, smoke_cpu: bool, json_out: str | Path | None) -> int | None:
+    """For the GPU checks: exit code 2 (with one plain line and the JSON error) when CUDA is wanted
+    but torch sees no GPU; None when the check can run (on CUDA, or on CPU with ``--smoke-cpu``)."""
+    import torch
+
+    if smoke_cpu or torch.cuda.is_available():
+        return None
+    message = f"needs a CUDA GPU and torch {torch.__version__} sees none; --smoke-cpu rehearses it on CPU"
+    print(f"{bench}: {message}", file=sys.stderr)
+    emit_json(bench, {"error": message}, path=json_out)
+    return 2
+
 # -- fits (pure) ----------------------------------------------------------------------------------------
 def fit_power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     """(a, b) of y ≈ a·x^b by least squares on log y = log a + b·log x (≥ 2 distinct x, all values > 0).

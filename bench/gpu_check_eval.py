@@ -241,11 +241,8 @@ def main() -> int:
     device = "cpu" if args.smoke_cpu else "cuda"
     args.lengths = args.lengths or ("16384" if args.smoke_cpu else "16384,65536,262144")
     json_out = Path(args.json_out) if args.json_out else None
-    if device == "cuda" and not torch.cuda.is_available():
-        message = f"needs a CUDA GPU and torch {torch.__version__} sees none; --smoke-cpu rehearses it on CPU"
-        print(f"gpu_check_eval: {message}", file=sys.stderr)
-        h.emit_json("gpu_check_eval", {"error": message}, path=json_out)
-        return 2
+    if (refused := h.refuse_without_cuda("gpu_check_eval", args.smoke_cpu, json_out)) is not None:
+        return refused
     n = args.nproc or (torch.cuda.device_count() if device == "cuda" else 2)
     work = Path(tempfile.mkdtemp(prefix="ctxext-eval-check-", dir=g._scratch()))
     started = time.monotonic()

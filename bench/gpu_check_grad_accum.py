@@ -72,11 +72,8 @@ def main() -> int:
 
     device = "cpu" if args.smoke_cpu else "cuda"
     json_out = Path(args.json_out) if args.json_out else None
-    if device == "cuda" and not torch.cuda.is_available():
-        message = f"needs a CUDA GPU and torch {torch.__version__} sees none; --smoke-cpu rehearses it on CPU"
-        print(f"gpu_check_grad_accum: {message}", file=sys.stderr)
-        h.emit_json("gpu_check_grad_accum", {"error": message}, path=json_out)
-        return 2
+    if (refused := h.refuse_without_cuda("gpu_check_grad_accum", args.smoke_cpu, json_out)) is not None:
+        return refused
     from tests.trainer.conftest import free_port, make_tiny_model, trainer_env
 
     nproc = args.nproc or (min(2, torch.cuda.device_count()) if device == "cuda" else 2)

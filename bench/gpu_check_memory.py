@@ -80,11 +80,8 @@ def main() -> int:
 
     device = "cpu" if args.smoke_cpu else "cuda"
     json_out = Path(args.json_out) if args.json_out else None
-    if device == "cuda" and not torch.cuda.is_available():
-        message = f"needs a CUDA GPU and torch {torch.__version__} sees none; --smoke-cpu rehearses it on CPU"
-        print(f"gpu_check_memory: {message}", file=sys.stderr)
-        h.emit_json("gpu_check_memory", {"error": message}, path=json_out)
-        return 2
+    if (refused := h.refuse_without_cuda("gpu_check_memory", args.smoke_cpu, json_out)) is not None:
+        return refused
     shape = g.TINY_SHAPE if args.smoke_cpu else g.ONE_B_SHAPE
     seq_len = args.seq_len or (256 if args.smoke_cpu else 32768)
     gpus = torch.cuda.device_count() if device == "cuda" else 1

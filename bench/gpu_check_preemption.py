@@ -138,11 +138,8 @@ def main() -> int:
 
     device = "cpu" if args.smoke_cpu else "cuda"
     json_out = Path(args.json_out) if args.json_out else None
-    if device == "cuda" and not torch.cuda.is_available():
-        message = f"needs a CUDA GPU and torch {torch.__version__} sees none; --smoke-cpu rehearses it on CPU"
-        print(f"gpu_check_preemption: {message}", file=sys.stderr)
-        h.emit_json("gpu_check_preemption", {"error": message}, path=json_out)
-        return 2
+    if (refused := h.refuse_without_cuda("gpu_check_preemption", args.smoke_cpu, json_out)) is not None:
+        return refused
     nproc = args.nproc or (torch.cuda.device_count() if device == "cuda" else 2)
     work = Path(tempfile.mkdtemp(prefix="ctxext-preemption-check-"))
     logs = Path(args.log_dir) if args.log_dir else work

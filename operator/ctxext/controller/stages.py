@@ -250,8 +250,8 @@ class StagePass:
         label, attempt = self._label(s), int(s["attempts"])
         if code == "Preempted" and int(s.get("preemptions") or 0) < MAX_PREEMPTIONS:
             s["preemptions"] = int(s.get("preemptions") or 0) + 1
-            return self._retry(s, attempt, reason, result, 0.0, None if exited else finished,
-                               s.get("learningRate"), s.get("steps"), preempted=True)
+            return self._retry(s, attempt, reason, result, 0.0, finished, s.get("learningRate"), s.get("steps"),
+                               preempted=True, exited=exited)
         n = self._next(s, code)
         if not n.retry:
             message = stop_message(label, attempt, reason, n.why_not)
@@ -260,8 +260,8 @@ class StagePass:
                                   f"trained: {message}")
             return self._fail(s, code or "StageFailed", message)
         # = backoffSeconds·2^(failed attempts − 1); preemptions spend no retries
-        return self._retry(s, attempt, reason, result, n.delay_seconds, None if exited else finished,
-                           n.learning_rate, n.steps, gate=code == "GateFailed", exited=exited)
+        return self._retry(s, attempt, reason, result, n.delay_seconds, finished, n.learning_rate, n.steps,
+                           gate=code == "GateFailed", exited=exited)
 
     def _pods_gone_at(self, s: dict[str, Any], result: Any, finished: datetime | None, exited: bool) -> datetime:
         """When no pod of the attempt that just ended can still write to the stage's checkpoints.
