@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -76,6 +76,11 @@ class OperatorConfig(BaseModel):
     crd_check: bool = True
     """Refuse to start when the served ContextExtensionJob CRD differs from this operator's (after an
     upgrade that did not apply the new CRD); off only to run an old CRD on purpose."""
+    backend: Literal["auto", "pytorchjob", "trainjob"] = "auto"
+    """Kubeflow API that runs the stages of jobs whose ``spec.backend`` is ``Auto`` (the default): ``auto``
+    uses whichever the cluster serves, TrainJob (Kubeflow Trainer v2) when both are served and
+    ``training_runtime`` exists, else PyTorchJob (training-operator v1); ``pytorchjob`` or ``trainjob``
+    forces one."""
     training_runtime: str = Field(default="torch-distributed", min_length=1, max_length=253)
     """ClusterTrainingRuntime that TrainJobs (the Kubeflow Trainer v2 backend) run on; Kubeflow Trainer's
     built-in torch runtime is ``torch-distributed``."""
