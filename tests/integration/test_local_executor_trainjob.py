@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes import client, config
 
 from ctxext.config import OperatorConfig
@@ -22,11 +23,12 @@ from ctxext.controller.backends.trainjob import build_trainjob
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
 from tests.integration.operator_harness import Cluster, Proc, wait_for
-from tests.unit.helpers import example, minimal
+from tests.unit.helpers import ROOT, example, minimal
 
 pytestmark = pytest.mark.apiserver
 NS = "executor-tj"
 TJ = ("trainer.kubeflow.org", "v1alpha1", NS, "trainjobs")
+RUNTIME = ROOT / "tests/k8s/crds/kubeflow-trainer/torch_distributed_runtime.yaml"
 SCRIPT = """
 import json, os, sys, time
 cfg = json.loads(os.environ["CTXEXT_STAGE_CONFIG"])
@@ -211,3 +213,26 @@ def test_runtime_refs_trainer_cannot_use(cluster, executor, tmp_path):
              what="the missing runtime logged", proc=executor)
     assert not (trainjob(cluster, "missing").get("status") or {}).get("conditions")
     assert runs(tmp_path / "root", "missing") == [] and runs(tmp_path / "root", "alien") == []
+
+
+def test_a_namespaced_runtime_with_a_jobset_failure_policy_restarts_every_node_then_fails(cluster, executor, tmp_path):
+    """A TrainingRuntime in the TrainJob's namespace: backoffLimit 0 fails the node Job at its first failure,
+    and JobSet's failurePolicy.maxRestarts 1 recreates it once (every node starts again) before failing."""
+    runtime = yaml.safe_load(RUNTIME.read_text())
+    runtime.update(kind="TrainingRuntime", metadata={"name": "strict", "namespace": NS})
+    jobset = runtime["spec"]["template"]["spec"]
+    jobset["failurePolicy"] = {"maxRestarts": 1}
+    jobset["replicatedJobs"][0]["template"]["spec"]["backoffLimit"] = 0
+    cluster.api.create_namespaced_custom_object("trainer.kubeflow.org", "v1alpha1", NS, "trainingruntimes", runtime,
+                                                field_validation="Strict")
+    submit(cluster, "strict", "sleep", "crash", nodes=2,
+           spec={"runtimeRef": {"name": "strict", "kind": "TrainingRuntime", "apiGroup": "trainer.kubeflow.org"}})
+    wait_for(lambda: condition(cluster, "strict", "Failed"), what="Failed", proc=executor)
+    failed = conditions(cluster, "strict")["Failed"]
+    assert (failed["reason"], failed["message"]) == (
+        "ReachedMaxRestarts",
+        "jobset failed due to reaching max number of restarts (first failed job: strict-s1-a1-node-0)")
+    started = runs(tmp_path / "root", "strict")
+    assert sorted(r["PET_NODE_RANK"] for r in started) == ["0", "0", "1", "1"]
+    assert len({r["PET_MASTER_PORT"] for r in started}) == 2  # a new rendezvous for the recreated nodes
+    assert not any(alive(r["pid"]) for r in started)
