@@ -157,6 +157,14 @@ def test_a_failing_node_restarts_until_the_backoff_limit_then_fails_as_jobset_sa
     assert trainjob_status.observe(trainjob(cluster, "broken")).state == "Failed"
 
 
+def test_a_deleted_trainjobs_nodes_are_stopped(cluster, executor, tmp_path):
+    """Its pods would be garbage-collected with its JobSet."""
+    submit(cluster, "gone", "sleep")
+    wait_for(lambda: runs(tmp_path / "root", "gone"), what="running", proc=executor)
+    cluster.api.delete_namespaced_custom_object(*TJ, "gone-s1-a1")
+    wait_for(lambda: not alive(runs(tmp_path / "root", "gone")[0]["pid"]), what="stopped", proc=executor)
+
+
 def test_active_deadline_fails_the_trainjob_with_deadline_exceeded(cluster, executor, tmp_path):
     submit(cluster, "slow", "sleep", spec={"activeDeadlineSeconds": 2})
     wait_for(lambda: condition(cluster, "slow", "Failed"), what="Failed", proc=executor)

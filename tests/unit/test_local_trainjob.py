@@ -75,6 +75,8 @@ def test_runtime_env_command_policies_and_counts_come_from_the_runtime_where_the
     env = plan.procs[0].env
     assert env["FROM_RUNTIME"] == f"{tmp_path}/ckpt/x" and env["OMP_NUM_THREADS"] == "1"  # the TrainJob's wins
     assert (plan.grace, plan.failures_allowed, plan.max_restarts) == (7.0, 5, 2)  # Never: more than backoffLimit
+    no_trainer = {**tj, "spec": {k: v for k, v in tj["spec"].items() if k != "trainer"}}
+    assert not any(k.startswith("PET_") for k in node_plan(no_trainer, runtime, tmp_path, 1).procs[0].env)
     del runtime["spec"]["mlPolicy"]["torch"]  # no torch policy, no torch plugin: no PET_* at all
     assert not any(k.startswith("PET_") for k in node_plan(tj, runtime, tmp_path, 1).procs[0].env)
 

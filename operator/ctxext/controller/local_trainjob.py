@@ -10,7 +10,8 @@ trainer``) runs ``numNodes`` processes ``node-0`` … ``node-<n-1>``, each the c
   those; taken anyway), then ``spec.trainer.env``, then — when the runtime has ``mlPolicy.torch`` — the
   torch plugin's ``PET_NNODES``, ``PET_NPROC_PER_NODE``, ``PET_NODE_RANK`` (the Job completion index),
   ``PET_MASTER_ADDR`` (upstream ``<trainjob>-node-0-0.<trainjob>``; here ``127.0.0.1``) and
-  ``PET_MASTER_PORT`` (upstream 29500; here a free port, so that jobs can run side by side);
+  ``PET_MASTER_PORT`` (upstream 29500; here a free port, so that jobs can run side by side); none of these
+  when the TrainJob has no ``spec.trainer`` (the plugin then finds no trainer container);
 * volume mounts of the runtime container and of the patches, mapped to ``ROOT/<mountPath>`` as for
   PyTorchJobs (:func:`ctxext.controller.local_launch.local_mounts`).
 
@@ -155,7 +156,7 @@ def node_plan(trainjob: dict[str, Any], runtime: dict[str, Any], root: Path, mas
     procs = []
     for rank in range(nodes):
         node_env = container_env(env, mounts, root)
-        if "torch" in policy:
+        if "torch" in policy and spec.get("trainer") is not None:  # torch.go: only into the trainer's container
             node_env.update({"PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
                              "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port)})
         procs.append(ReplicaProcess(f"{NODE}-{rank}", argv, node_env, [local for _, local in mounts]))
