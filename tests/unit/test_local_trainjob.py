@@ -79,6 +79,11 @@ def test_runtime_env_command_policies_and_counts_come_from_the_runtime_where_the
     assert not any(k.startswith("PET_") for k in node_plan(no_trainer, runtime, tmp_path, 1).procs[0].env)
     del runtime["spec"]["mlPolicy"]["torch"]  # no torch policy, no torch plugin: no PET_* at all
     assert not any(k.startswith("PET_") for k in node_plan(tj, runtime, tmp_path, 1).procs[0].env)
+    unlabelled = copy.deepcopy(RUNTIME)  # a "node" job that is not the trainer step: its parallelism, no PET_*
+    del unlabelled["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["metadata"]
+    unlabelled["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["parallelism"] = 2
+    procs = node_plan(tj, unlabelled, tmp_path, 1).procs
+    assert len(procs) == 2 and not any(k.startswith("PET_") for k in procs[0].env)
 
 
 def test_set_condition_keeps_the_transition_time_while_the_status_holds():

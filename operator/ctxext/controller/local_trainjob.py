@@ -1,8 +1,9 @@
 """How ``ctxext local-executor`` turns a TrainJob into local processes, and the status Trainer writes. Pure.
 
 Processes (Kubeflow Trainer v2.3.0: ``pkg/runtime/framework/plugins/torch/torch.go``, ``plugins/jobset``):
-the runtime's replicated job ``node`` (or the one labelled ``trainer.kubeflow.org/trainjob-ancestor-step:
-trainer``) runs ``numNodes`` processes ``node-0`` … ``node-<n-1>``, each the container ``node`` with
+the runtime's replicated job labelled ``trainer.kubeflow.org/trainjob-ancestor-step: trainer`` (else the one
+called ``node``; initializer jobs are not run) runs ``numNodes`` processes ``node-0`` … ``node-<n-1>``, each
+the container ``node`` with
 
 * command and args from ``spec.trainer`` where set, else the runtime container's (``python`` is this
   interpreter: :func:`ctxext.controller.local_launch.resolve_command`);
@@ -15,7 +16,8 @@ trainer``) runs ``numNodes`` processes ``node-0`` … ``node-<n-1>``, each the c
 * volume mounts of the runtime container and of the patches, mapped to ``ROOT/<mountPath>`` as for
   PyTorchJobs (:func:`ctxext.controller.local_launch.local_mounts`).
 
-``numNodes``: ``spec.trainer.numNodes``, else the runtime's ``mlPolicy.numNodes``, else 1.
+``numNodes``: ``spec.trainer.numNodes``, else the runtime's ``mlPolicy.numNodes``, else 1 (for a job
+without the trainer label: its ``parallelism``, as upstream).
 ``numProcPerNode``: ``spec.trainer.numProcPerNode``, else ``auto``. Trainer v2.3.0's torch policy has no
 ``numProcPerNode`` of its own. As the torch plugin does, ``auto`` with no GPU in ``resourcesPerNode``
 (else the runtime container's resources) becomes max(1, CPUs requested (else limited), rounded up). With
@@ -104,13 +106,19 @@ def proc_per_node(trainjob: dict[str, Any], runtime_resources: dict[str, Any]) -
     return str(max(1, math.ceil(_quantity(cpu))))
 
 
+def _is_trainer_step(rjob: dict[str, Any]) -> bool:
+    labels = ((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(ANCESTOR_LABEL) == TRAINER_ANCESTOR)
+
+
 def _node_job(runtime: dict[str, Any]) -> dict[str, Any]:
+    """The replicated job of the trainer step (labelled so), else the one called ``node``."""
     jobs = ((runtime.get("spec") or {}).get("template") or {}).get("spec", {}).get("replicatedJobs") or []
-    for rjob in jobs:
-        labels = ((rjob.get("template") or {}).get("metadata") or {}).get("labels") or {}
-        if rjob.get("name") == NODE or labels.get(ANCESTOR_LABEL) == TRAINER_ANCESTOR:
-            return dict(rjob)
-    raise ValueError(f"the runtime has no replicated job {NODE!r} (nor one labelled {ANCESTOR_LABEL}: trainer)")
+    found = [j for j in jobs if _is_trainer_step(j)] or [j for j in jobs if j.get("name") == NODE]
+    if not found:
+        raise ValueError(f"the runtime has no replicated job labelled {ANCESTOR_LABEL}: trainer, nor one "
+                         f"called {NODE!r}")
+    return dict(found[0])
 
 
 def _pod_patches(trainjob: dict[str, Any], rjob_name: str) -> list[dict[str, Any]]:
@@ -149,14 +157,16 @@ def node_plan(trainjob: dict[str, Any], runtime: dict[str, Any], root: Path, mas
                           root)
     env = _merge([e for c in [base, *patched] for e in c.get("env") or []] + list(trainer.get("env") or []), "name")
     policy = rspec.get("mlPolicy") or {}
-    nodes = int(trainer.get("numNodes") or policy.get("numNodes") or 1)
+    trainer_step = _is_trainer_step(rjob)  # core/trainingruntime.go: only its count follows numNodes
+    nodes = int((trainer.get("numNodes") or policy.get("numNodes") or 1) if trainer_step and "mlPolicy" in rspec
+                else job_spec.get("parallelism") or 1)
     nproc = proc_per_node(trainjob, base.get("resources") or {})
     argv = resolve_command([*(trainer.get("command") or base.get("command") or []),
                             *(trainer.get("args") or base.get("args") or [])])
     procs = []
     for rank in range(nodes):
         node_env = container_env(env, mounts, root)
-        if "torch" in policy and spec.get("trainer") is not None:  # torch.go: only into the trainer's container
+        if "torch" in policy and trainer_step and spec.get("trainer") is not None:  # torch.go: the trainer's only
             node_env.update({"PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": nproc, "PET_NODE_RANK": str(rank),
                              "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port)})
         procs.append(ReplicaProcess(f"{NODE}-{rank}", argv, node_env, [local for _, local in mounts]))

@@ -114,7 +114,7 @@ class TrainJobRunner:
     # -- one pass ----------------------------------------------------------------------------------
     def handle(self, key: str, tj: dict[str, Any]) -> None:
         spec, status = tj["spec"], dict(tj.get("status") or {})
-        if spec.get("managedBy") not in (None, "", CONTROLLER):
+        if spec.get("managedBy", CONTROLLER) != CONTROLLER:  # trainjob.IsManagedByExternalController
             self._warn_once(key, f"managed by {spec['managedBy']}: left alone")
             return
         conds: list[dict[str, Any]] = list(status.get("conditions") or [])
