@@ -103,6 +103,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.distributed
 def test_real_trainer_runs_the_tiny_cpu_trainjob_to_complete_with_the_torch_plugins_env(cluster, executor, tmp_path):
     """examples/tiny-cpu.yaml as shipped but for stage 1's steps (150 → 4: CI time; everything the executor
     does is the same for 4 steps as for 150), built by the TrainJob backend, run by torchrun."""
