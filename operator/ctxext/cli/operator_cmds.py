@@ -91,11 +91,11 @@ def local_executor(
                               "ROOT/P (/ckpt -> ROOT/ckpt); logs and state in ROOT/.executor/."),
     kubeconfig: Path | None = typer.Option(None, help="Kubeconfig (default $KUBECONFIG or ~/.kube/config)."),
     namespace: list[str] = typer.Option([], "--namespace", "-n", help="Only these namespaces (default all)."),
-    poll: float = typer.Option(1.0, help="Seconds between passes over the PyTorchJobs."),
+    poll: float = typer.Option(1.0, help="Seconds between passes over the PyTorchJobs and TrainJobs."),
     stop_grace: float = typer.Option(30.0, help="Seconds between SIGTERM and SIGKILL when stopping a job."),
 ) -> None:
-    """Run PyTorchJobs on this machine with torchrun: a development stand-in for the Kubeflow
-    training-operator (writes Created/Running/Succeeded/Failed/Suspended conditions)."""
+    """Run PyTorchJobs and TrainJobs on this machine with torchrun: a development stand-in for the Kubeflow
+    training-operator and Kubeflow Trainer (writes their conditions as they do)."""
     import logging
 
     from kubernetes import client, config

@@ -1,7 +1,13 @@
-"""``ctxext local-executor``: runs PyTorchJobs on this machine — a development stand-in for the
-Kubeflow training-operator, not a replacement for it (no pods, no scheduling, no isolation).
+"""``ctxext local-executor``: runs PyTorchJobs and TrainJobs on this machine — a development stand-in for
+the Kubeflow training-operator (v1.9) and Kubeflow Trainer (v2.3), not a replacement for them (no pods,
+no scheduling, no isolation).
 
-Every ``poll`` seconds it lists PyTorchJobs and writes their status as training-operator v1.9 does
+Every ``poll`` seconds it lists the PyTorchJobs and the TrainJobs, each kind only while the API server
+serves its CRD (a 404 on the list is logged once, and the other kind runs on). TrainJobs are run by
+:mod:`ctxext.controller.local_trainjob_runner`; the processes of both kinds, their process groups and
+what makes a restart safe are :mod:`ctxext.controller.local_procs`.
+
+PyTorchJobs get their status as training-operator v1.9 writes it
 (``pkg/controller.v1/common/job.go``, ``pytorch/pytorchjob_controller.go``, ``pkg/util/status.go``),
 with its reasons and messages:
 
@@ -20,22 +26,17 @@ with its reasons and messages:
   resets ``startTime`` and starts them again (the trainer resumes from its checkpoint).
 * Nothing changes a job once it has a ``Failed`` condition.
 
-Restart-safe: finished jobs (a Succeeded/Failed condition) are never run again. Processes die with
-the executor (``PR_SET_PDEATHSIG``); process groups recorded in ``ROOT/.executor/`` by an executor
-that was SIGKILLed are killed before a job that still says Running is started again.
+Restart-safe: finished jobs (a Succeeded/Failed condition) are never run again; processes die with
+the executor, and those an executor that was SIGKILLed left are killed before a job that still says
+Running is started again (:mod:`ctxext.controller.local_procs`).
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import logging
-import os
 import signal
-import socket
-import subprocess
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -43,29 +44,15 @@ from typing import Any, cast
 import urllib3
 from kubernetes import client
 
+from ctxext.controller.backends import trainjob as tj
 from ctxext.controller.local_launch import pod_grace_seconds, replica_processes
+from ctxext.controller.local_procs import ProcessTable, free_port, last_line
+from ctxext.controller.local_trainjob_runner import KEY_PREFIX, TrainJobRunner
 from ctxext.controller.observe import TERMINAL, parse_time
 
 PTJ = ("kubeflow.org", "v1", "pytorchjobs")
+TRAINJOB = (tj.GROUP, tj.VERSION, tj.PLURAL)
 log = logging.getLogger("ctxext.local_executor")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Running:
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    logs: dict[str, Path] = field(default_factory=dict)
-    grace: float | None = None
-    """The pods' terminationGracePeriodSeconds (SIGTERM → SIGKILL), as Kubernetes would give them."""
 
 
 def _true(job: dict[str, Any], kind: str) -> bool:
@@ -81,31 +68,43 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _last_line(path: Path) -> str:
-    try:
-        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        return ""
-    return lines[-1][-300:] if lines else ""
+def _is_pytorchjob(key: str) -> bool:
+    return not key.startswith(KEY_PREFIX)
 
 
 class LocalExecutor:
-    """Runs PyTorchJobs as local processes; see the module docstring."""
+    """Runs PyTorchJobs and TrainJobs as local processes; see the module docstring."""
 
     def __init__(self, api: client.CustomObjectsApi, root: Path, *, namespaces: list[str] | None = None,
                  poll: float = 1.0, stop_grace: float = 30.0):
         self.api, self.root, self.namespaces = api, root.resolve(), namespaces or []
-        self.poll, self.stop_grace = poll, stop_grace
-        self.state_dir = self.root / ".executor"
-        self.running: dict[str, Running] = {}
-        self.lingering: dict[str, Running] = {}  # replicas of finished jobs with cleanPodPolicy None
+        self.poll = poll
+        self.procs = ProcessTable(self.root, stop_grace=stop_grace)
+        self.trainjobs = TrainJobRunner(api, self.procs)
+        self.served: dict[str, bool] = {}
 
     # -- API ------------------------------------------------------------------------------------
-    def list_jobs(self) -> list[dict[str, Any]]:
-        if not self.namespaces:
-            return list(cast(dict[str, Any], self.api.list_cluster_custom_object(*PTJ))["items"])
-        return [j for ns in self.namespaces for j in cast(dict[str, Any], self.api.list_namespaced_custom_object(
-            PTJ[0], PTJ[1], ns, PTJ[2]))["items"]]
+    def list_objects(self, resource: tuple[str, str, str]) -> list[dict[str, Any]] | None:
+        """The objects of ``resource`` in the watched namespaces; None when its CRD is not served (404),
+        which is logged once (and again once it is served)."""
+        group, version, plural = resource
+        try:
+            if not self.namespaces:
+                items = cast(dict[str, Any], self.api.list_cluster_custom_object(group, version, plural))["items"]
+            else:
+                items = [j for ns in self.namespaces for j in cast(
+                    dict[str, Any], self.api.list_namespaced_custom_object(group, version, ns, plural))["items"]]
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+            if self.served.get(plural, True):
+                log.info("%s.%s is not served by the API server (404): not running any until it is", plural, group)
+            self.served[plural] = False
+            return None
+        if not self.served.get(plural, True):
+            log.info("%s.%s is served now", plural, group)
+        self.served[plural] = True
+        return list(items)
 
     def set_condition(self, job: dict[str, Any], kind: str, reason: str, message: str, *,
                       status: str = "True", extra: dict[str, Any] | None = None) -> None:
@@ -141,34 +140,37 @@ class LocalExecutor:
 
     # -- one pass ----------------------------------------------------------------------------------
     def tick(self) -> None:
-        seen = set()
-        for job in self.list_jobs():
-            key = f"{job['metadata']['namespace']}/{job['metadata']['name']}"
-            seen.add(key)
-            try:
-                self.handle(key, job)
-            except client.ApiException as exc:
-                log.warning("%s: %s", key, exc.reason)
-        for key in list(self.running):
-            if key not in seen:  # deleted: nothing to report to
-                self.stop(key)
-        for key in list(self.lingering):
-            if key not in seen:  # a deleted job's pods are garbage-collected
-                self.running[key] = self.lingering.pop(key)
-                self.stop(key)
+        kinds: list[tuple[tuple[str, str, str], Callable[[dict[str, Any]], str], Callable[[str], bool],
+                          Callable[[str, dict[str, Any]], None]]] = [
+            (PTJ, lambda j: f"{j['metadata']['namespace']}/{j['metadata']['name']}", _is_pytorchjob, self.handle),
+            (TRAINJOB, self.trainjobs.key, lambda k: not _is_pytorchjob(k), self.trainjobs.handle),
+        ]
+        for resource, key_of, mine, handle in kinds:
+            jobs = self.list_objects(resource)
+            if jobs is None:
+                continue
+            seen = set()
+            for job in jobs:
+                key = key_of(job)
+                seen.add(key)
+                try:
+                    handle(key, job)
+                except client.ApiException as exc:
+                    log.warning("%s: %s", key, exc.reason)
+            self.procs.forget_deleted(seen, mine)  # deleted: nothing to report to, pods garbage-collected
 
     def handle(self, key: str, job: dict[str, Any]) -> None:
         name = job["metadata"]["name"]
         if any(_true(job, t) for t in TERMINAL):
-            if key in self.running:
-                self.stop(key)
-            self._reap(key, job)
+            if key in self.procs.running:
+                self.procs.stop(key)
+            self.procs.reap(key)
             return
         if not _true(job, "Created"):
             self.set_condition(job, "Created", "PyTorchJobCreated", f"PyTorchJob {name} is created.")
         if _run_policy(job).get("suspend"):
-            if key in self.running:
-                self.stop(key)
+            if key in self.procs.running:
+                self.procs.stop(key)
             message = f"PyTorchJob {name} is suspended."
             if _true(job, "Running"):
                 self.set_condition(job, "Running", "PyTorchJobSuspended", message, status="False")
@@ -178,41 +180,28 @@ class LocalExecutor:
         if _true(job, "Suspended"):
             self.set_condition(job, "Suspended", "PyTorchJobResumed", f"PyTorchJob {name} is resumed.",
                                status="False", extra={"startTime": _now()})
-        if key in self.running:
+        if key in self.procs.running:
             self.check(key, job)
             return
         self.start(key, job)
 
     def start(self, key: str, job: dict[str, Any]) -> None:
-        self._kill_stale(key)
-        run = Running(grace=pod_grace_seconds(job))
-        logs = self.state_dir / "logs" / job["metadata"]["namespace"]
-        logs.mkdir(parents=True, exist_ok=True)
-        for proc in replica_processes(job, self.root, _free_port()):
-            for d in proc.mkdirs:
-                d.mkdir(parents=True, exist_ok=True)
-            path = logs / f"{job['metadata']['name']}-{proc.replica.lower()}.log"
-            with open(path, "ab") as out:
-                run.procs[proc.replica] = subprocess.Popen(
-                    proc.argv, env={**os.environ, **proc.env}, stdout=out, stderr=subprocess.STDOUT,
-                    cwd=self.root, start_new_session=True, preexec_fn=_die_with_parent)
-            run.logs[proc.replica] = path
-        self.running[key] = run
-        self._write_pids(key, run)
-        name = job["metadata"]["name"]
-        self.set_condition(job, "Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.")
+        meta = job["metadata"]
+        self.procs.start(key, meta["namespace"], meta["name"], replica_processes(job, self.root, free_port()),
+                         grace=pod_grace_seconds(job))
+        self.set_condition(job, "Running", "PyTorchJobRunning", f"PyTorchJob {meta['name']} is running.")
 
     def check(self, key: str, job: dict[str, Any]) -> None:
-        run, name, policy = self.running[key], job["metadata"]["name"], _run_policy(job)
-        codes = {replica: p.poll() for replica, p in run.procs.items()}
+        run, name, policy = self.procs.running[key], job["metadata"]["name"], _run_policy(job)
+        codes = run.codes()
         failed = {r: c for r, c in codes.items() if c not in (None, 0)}
         deadline = policy.get("activeDeadlineSeconds")
         started = parse_time((job.get("status") or {}).get("startTime"))
         if failed:
             for replica, code in failed.items():
-                log.info("%s: replica %s exited with code %s: %s", key, replica, code, _last_line(run.logs[replica]))
+                log.info("%s: replica %s exited with code %s: %s", key, replica, code, last_line(run.logs[replica]))
             if policy.get("backoffLimit") == 0:  # common/job.go: a new failure past the limit deletes every pod
-                self.stop(key)
+                self.procs.stop(key)
                 message = f"Job {name} has failed because it has reached the specified backoff limit"
             else:  # pytorchjob_controller.go UpdateJobStatus (restartPolicy Never)
                 kind = next(iter(failed)).split("-")[0]
@@ -225,7 +214,7 @@ class LocalExecutor:
             self._clean_pods(key, policy)
         elif isinstance(deadline, int | float) and started is not None and \
                 (datetime.now(UTC) - started).total_seconds() > deadline:
-            self.stop(key)
+            self.procs.stop(key)
             self.set_condition(job, "Failed", "PyTorchJobFailed",
                                f"Job {name} has failed because it was active longer than specified deadline")
 
@@ -233,59 +222,9 @@ class LocalExecutor:
         """A finished job's pods still running are deleted unless cleanPodPolicy is None, upstream's default
         (common/job.go DeletePodsAndServices; pytorch_defaults.go)."""
         if policy.get("cleanPodPolicy", "None") == "None":
-            self.lingering[key] = self.running.pop(key)
+            self.procs.linger(key)
         else:
-            self.stop(key)
-
-    def _reap(self, key: str, job: dict[str, Any]) -> None:
-        """Forget the processes a finished job left running under cleanPodPolicy None, once they exit."""
-        run = self.lingering.get(key)
-        if run is not None and all(p.poll() is not None for p in run.procs.values()):
-            del self.lingering[key]
-            (self.state_dir / "pids" / key.replace("/", "_")).unlink(missing_ok=True)
-
-    # -- processes ---------------------------------------------------------------------------------
-    def stop(self, key: str) -> None:
-        run = self.running.pop(key, None)
-        if run is None:
-            return
-        for p in run.procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + (run.grace if run.grace is not None else self.stop_grace)
-        for p in run.procs.values():
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        (self.state_dir / "pids" / key.replace("/", "_")).unlink(missing_ok=True)
-
-    def stop_all(self) -> None:
-        self.running.update(self.lingering)
-        self.lingering.clear()
-        for key in list(self.running):
-            self.stop(key)
-
-    def _write_pids(self, key: str, run: Running) -> None:
-        path = self.state_dir / "pids" / key.replace("/", "_")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({name: p.pid for name, p in run.procs.items()}))
-
-    def _kill_stale(self, key: str) -> None:
-        """Kill process groups a previous (SIGKILLed) executor left for this job."""
-        path = self.state_dir / "pids" / key.replace("/", "_")
-        try:
-            pids = json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            return
-        for pid in pids.values():
-            try:
-                if os.getpgid(pid) == pid:  # still the group leader we started
-                    os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        path.unlink(missing_ok=True)
+            self.procs.stop(key)
 
     def run_forever(self) -> None:
         stopping = False
@@ -296,7 +235,7 @@ class LocalExecutor:
 
         signal.signal(signal.SIGTERM, _stop)
         signal.signal(signal.SIGINT, _stop)
-        log.info("local executor: running PyTorchJobs under %s (namespaces: %s)", self.root,
+        log.info("local executor: running PyTorchJobs and TrainJobs under %s (namespaces: %s)", self.root,
                  ", ".join(self.namespaces) or "all")
         try:
             while not stopping:
@@ -304,7 +243,7 @@ class LocalExecutor:
                     self.tick()
                 except (client.ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
                     # The API server may be restarting: keep the processes, try again next poll.
-                    log.warning("listing PyTorchJobs failed: %s", exc)
+                    log.warning("listing PyTorchJobs or TrainJobs failed: %s", exc)
                 time.sleep(self.poll)
         finally:
-            self.stop_all()
+            self.procs.stop_all()

@@ -1,5 +1,9 @@
 """How ``ctxext local-executor`` turns a PyTorchJob into local processes. Pure (no I/O).
 
+The volume mapping and the container's command and environment (:func:`local_mounts`,
+:func:`container_env`, :func:`resolve_command`) are shared with TrainJobs
+(:mod:`ctxext.controller.local_trainjob`).
+
 A stand-in for the Kubeflow training-operator on one machine: each replica (Master, then Workers)
 becomes one process running the container's command with the environment training-operator v1.9
 injects (``pkg/controller.v1/pytorch/envvar.go``) — ``PYTHONUNBUFFERED=1``, ``MASTER_ADDR=127.0.0.1``,
@@ -36,7 +40,7 @@ class ReplicaProcess:
     """One replica of a PyTorchJob as a local process."""
 
     replica: str
-    """Master or Worker-<i>."""
+    """Master or Worker-<i> (PyTorchJob); node-<i> (TrainJob)."""
     argv: list[str]
     env: dict[str, str]
     mkdirs: list[Path]
@@ -64,6 +68,29 @@ def _stage_config(text: str, mounts: list[tuple[str, Path]], root: Path) -> str:
         claim, path = split_pvc(data["source"])
         data["source"] = "file://" + str(root / DATA_ROOT.lstrip("/") / claim / path)
     return json.dumps(config, separators=(",", ":"), sort_keys=True)
+
+
+def local_mounts(volume_mounts: list[dict[str, Any]], root: Path) -> list[tuple[str, Path]]:
+    """(mount path, local directory) of a container's volume mounts, the most specific first (no /dev/shm).
+
+    >>> local_mounts([{"mountPath": "/models"}, {"mountPath": "/models/m"}, {"mountPath": SHM}], Path("/r"))
+    [('/models/m', PosixPath('/r/models/m')), ('/models', PosixPath('/r/models'))]
+    """
+    mounts = [(m["mountPath"], root / m["mountPath"].lstrip("/")) for m in volume_mounts if m["mountPath"] != SHM]
+    return sorted(mounts, key=lambda m: -len(m[0]))  # the longest (most specific) mount path wins
+
+
+def container_env(env: list[dict[str, Any]], mounts: list[tuple[str, Path]], root: Path) -> dict[str, str]:
+    """A container's ``env`` values with paths under its mounts made local (``valueFrom`` is not available
+    locally), plus the executor's own ``CTXEXT_METRICS_LINGER_SECONDS`` (default 0: nothing scrapes here on a
+    schedule, so nothing should hold a stage open for a scraper)."""
+    out: dict[str, str] = {}
+    for e in env:
+        if "value" in e:
+            out[e["name"]] = (_stage_config(e["value"], mounts, root) if e["name"] == ENV_VAR
+                              else _rewrite(e["value"], mounts))
+    out["CTXEXT_METRICS_LINGER_SECONDS"] = os.environ.get("CTXEXT_METRICS_LINGER_SECONDS", "0")
+    return out
 
 
 def resolve_command(argv: list[str]) -> list[str]:
@@ -94,18 +121,10 @@ def replica_processes(job: dict[str, Any], root: Path, master_port: int) -> list
             continue
         pod = rs["template"]["spec"]
         container = next((c for c in pod["containers"] if c["name"] == "pytorch"), pod["containers"][0])
-        mounts = [(m["mountPath"], root / m["mountPath"].lstrip("/")) for m in container.get("volumeMounts") or []
-                  if m["mountPath"] != SHM]
-        mounts.sort(key=lambda m: -len(m[0]))  # the longest (most specific) mount path wins
+        mounts = local_mounts(container.get("volumeMounts") or [], root)
         for i in range(int(rs.get("replicas", 1))):
-            env: dict[str, str] = {}
-            for e in container.get("env") or []:
-                if "value" in e:
-                    env[e["name"]] = (_stage_config(e["value"], mounts, root) if e["name"] == ENV_VAR
-                                      else _rewrite(e["value"], mounts))
+            env = container_env(container.get("env") or [], mounts, root)
             env.update({
-                # Nothing scrapes on a schedule here; don't hold the stage open for a scraper.
-                "CTXEXT_METRICS_LINGER_SECONDS": os.environ.get("CTXEXT_METRICS_LINGER_SECONDS", "0"),
                 "PYTHONUNBUFFERED": "1",
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(master_port), "WORLD_SIZE": str(world),
                 "RANK": str(rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(master_port),
