@@ -88,3 +88,11 @@ def k8s_api(tmp_path_factory):
             yield str(kubeconfig)
     finally:
         subprocess.run([str(START), "stop", str(run_dir)], check=False)
+
+
+@pytest.fixture(params=["pytorchjob", "trainjob"])
+def backend(request) -> str:
+    """The Kubeflow API an operator test runs on (#22 item 5: the e2e, chaos, restart and namespaced tests run
+    on both): PyTorchJob (training-operator v1) or TrainJob (Trainer v2). The session's API server serves both."""
+    return str(request.param)
+

@@ -99,13 +99,12 @@ class KubeApi:
     def _serves(self, group: str, version: str, plural: str) -> bool:
         """Does discovery list ``plural`` under ``/apis/group/version``? (404: the group version is not served.)"""
         try:
-            found = self.api.api_client.call_api(f"/apis/{group}/{version}", "GET", response_type="object",
-                                                 auth_settings=["BearerToken"], _return_http_data_only=True)
+            found = self.api.get_api_resources(group, version)
         except client.ApiException as exc:
             if missing(exc):
                 return False
             raise
-        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
+        return any(r.name == plural for r in found.resources or [])
 
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a PyTorchJob or TrainJob (by ``body``'s kind); one that already exists (409) is read back."""
