@@ -6,7 +6,8 @@ Per pass, :meth:`JobBackends.resolve` answers, cheapest source first:
    serves now or says in ``status.backend``);
 2. ``status.backend``, recorded by an earlier pass;
 3. otherwise :func:`ctxext.controller.backends.choice.choose`, on what the cluster serves (discovery and the
-   ClusterTrainingRuntime, asked at most every :data:`SERVED_TTL_SECONDS` for all jobs together).
+   ClusterTrainingRuntime, asked at most every :data:`SERVED_TTL_SECONDS`, or every resync if that is
+   shorter, for all jobs together).
 
 A finished job asks nothing. Then :meth:`JobBackends.check` builds every stage's attempt 1 with the chosen
 backend (once per spec generation and backend) so that what that API cannot carry — a priority class on a
@@ -53,7 +54,8 @@ class JobBackends:
 
     async def served(self) -> Served:
         now = time.monotonic()
-        if self._served is None or now - self._served[0] >= SERVED_TTL_SECONDS:
+        ttl = min(SERVED_TTL_SECONDS, self.config.resync_seconds)
+        if self._served is None or now - self._served[0] >= ttl:
             self._served = (now, await self._ask())
         return self._served[1]
 
