@@ -21,6 +21,9 @@ from ctxext.errors import SpecError, from_validation_error
 from ctxext.planner import Plan, PlannedStage
 
 ENV_VAR = "CTXEXT_STAGE_CONFIG"
+#: Name of the TrainJob that runs this stage attempt (set by the TrainJob builder only): trainer rank 0 also
+#: writes that TrainJob's ``status.trainerStatus`` (:mod:`ctxext_trainer.trainjob_status`).
+TRAINJOB_ENV_VAR = "CTXEXT_TRAINJOB"
 
 
 class ReportTarget(ApiModel):

@@ -17,7 +17,8 @@ NAMESPACE = "ctxext-system"
 ALL_ON: dict[str, Any] = {
     "image": {"digest": "sha256:" + "a" * 64},
     "imagePullSecrets": [{"name": "registry"}],
-    "operator": {"namespaces": ["team-a", "team-b"], "hfCacheClaim": "hf-cache",
+    "operator": {"namespaces": ["team-a", "team-b"], "hfCacheClaim": "hf-cache", "backend": "trainjob",
+                 "trainingRuntime": "torch-gpu",
                  "extraEnv": [{"name": "CTXEXT_TRAINER_COMMAND", "value": "torchrun --module ctxext_trainer"}],
                  "extraArgs": ["--verbose"]},
     "serviceAccount": {"annotations": {"iam.example.com/role": "ctxext"}},

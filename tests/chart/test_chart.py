@@ -46,6 +46,7 @@ def test_default_render_has_the_operator_and_nothing_optional():
     objects = render()
     assert sorted((o["kind"], o["metadata"]["name"]) for o in objects) == sorted([
         ("ClusterRole", "ctxext"), ("ClusterRoleBinding", "ctxext"), ("Deployment", "ctxext"),
+        ("ClusterRole", "ctxext-training-runtime"), ("ClusterRoleBinding", "ctxext-training-runtime"),
         ("Pod", "ctxext-test-metrics"), ("Role", "ctxext-trainer"), ("RoleBinding", "ctxext-trainer"),
         ("Service", "ctxext-metrics"), ("ServiceAccount", "ctxext"), ("ServiceAccount", "ctxext-trainer")])
     # The trainer identity lands in the release namespace when no namespace is named.
@@ -139,6 +140,8 @@ def test_strict_validation_rejects_an_unknown_field():
     {"operator": {"namespaces": ["Team_A"]}},           # not a DNS label
     {"dashboard": {"enabled": "yes"}},                  # wrong type
     {"image": {"pullPolicy": "Sometimes"}},             # not an enum value
+    {"operator": {"backend": "TrainJob"}},              # not an enum value (lower case, as CTXEXT_BACKEND)
+    {"operator": {"trainingRuntime": ""}},              # the runtime TrainJobs name cannot be empty
     {"serviceMonitor": {"interval": "30 seconds"}},     # not a duration
 ], ids=lambda v: json.dumps(v))
 def test_values_schema_rejects_bad_values(values):
@@ -239,21 +242,34 @@ def test_operator_rights_are_exactly_what_it_uses(rendered):
         ("ctxext.dev", "contextextensionjobs"): {"get", "list", "watch", "patch"},
         ("ctxext.dev", "contextextensionjobs/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "patch"},
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "patch"},  # the same, on Trainer v2
         ("", "events"): {"create"},
         ("", "serviceaccounts"): {"get"},  # the trainer identity check (ctxext.controller.identity)
     }
     if name == "defaults":  # all namespaces: one ClusterRole, plus kopf's read-only CRD observer
         assert [o["kind"] for o in operator_roles] == ["ClusterRole"]
         expected = {**namespaced, ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"}}
-    else:  # namespaced mode: a Role per watched namespace and no cluster-wide rights
+    else:  # namespaced mode: a Role per watched namespace and no cluster-wide rights but the runtime read
         assert {(o["kind"], o["metadata"]["namespace"]) for o in operator_roles} == {("Role", "team-a"),
                                                                                       ("Role", "team-b")}
-        assert not kinds(objects, "ClusterRole") and not kinds(objects, "ClusterRoleBinding")
+        assert {o["metadata"]["name"] for o in kinds(objects, "ClusterRole") + kinds(objects, "ClusterRoleBinding")} \
+            == {"ctxext-training-runtime"}
         expected = namespaced
     for role in operator_roles:
         rules = {(g, r): set(rule["verbs"]) for rule in role["rules"]
                  for g in rule["apiGroups"] for r in rule["resources"]}
         assert rules == expected, role["kind"]
+        assert not any("resourceNames" in rule for rule in role["rules"])
+    # In both modes: get of the one ClusterTrainingRuntime the operator is configured with (kube.KubeApi.served),
+    # by name, through a ClusterRole (the object is cluster-scoped) bound to the operator's ServiceAccount only.
+    runtime = "torch-gpu" if name == "all-on" else "torch-distributed"
+    [reader] = [o for o in kinds(objects, "ClusterRole") if o["metadata"]["name"] == "ctxext-training-runtime"]
+    assert reader["rules"] == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
+                                "resourceNames": [runtime], "verbs": ["get"]}]
+    [binding] = [o for o in kinds(objects, "ClusterRoleBinding") if o["metadata"]["name"] == "ctxext-training-runtime"]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": "ctxext-training-runtime"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ctxext", "namespace": NAMESPACE}]
 
 
 def test_trainer_role_only_patches_job_status(rendered):
@@ -262,7 +278,10 @@ def test_trainer_role_only_patches_job_status(rendered):
     assert trainer_roles
     for role in trainer_roles:
         assert role["rules"] == [{"apiGroups": ["ctxext.dev"], "resources": ["contextextensionjobs/status"],
-                                  "verbs": ["get", "patch"]}]
+                                  "verbs": ["get", "patch"]},
+                                 # rank 0 under a TrainJob writes its status.trainerStatus (trainjob_status.py)
+                                 {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs/status"],
+                                  "verbs": ["patch"]}]
     bindings = [o for o in kinds(objects, "RoleBinding") if o["metadata"]["name"] == "ctxext-trainer"]
     assert {(b["metadata"]["namespace"], b["subjects"][0]["name"]) for b in bindings} == \
         {(r["metadata"]["namespace"], "ctxext-trainer") for r in trainer_roles}
@@ -332,6 +351,9 @@ def test_operator_deployment(rendered):
     assert config.metrics_port == ports["metrics"] and config.health_port == ports["healthz"]
     if config_name == "all-on":
         assert config.namespaces == ["team-a", "team-b"] and config.hf_cache_claim == "hf-cache"
+        assert config.backend == "trainjob" and config.training_runtime == "torch-gpu"
+    else:
+        assert config.backend == "auto" and config.training_runtime == "torch-distributed"
     [service] = kinds(objects, "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -347,6 +369,8 @@ def test_chart_defaults_are_the_operator_defaults():
     assert values["operator"]["statusRefreshSeconds"] == defaults.status_refresh_seconds
     assert values["operator"]["resultGraceSeconds"] == defaults.result_grace_seconds
     assert values["operator"]["watchTimeoutSeconds"] == defaults.watch_timeout_seconds
+    assert values["operator"]["backend"] == defaults.backend
+    assert values["operator"]["trainingRuntime"] == defaults.training_runtime
 
 
 # --- scraping -------------------------------------------------------------------------------------------

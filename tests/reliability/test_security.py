@@ -1,8 +1,8 @@
 """Issue 8.7 — nobody let in: non-root pods, least-privilege RBAC (a reviewed table), no secret value
 anywhere, trainers confined to their namespace.
 
-The RBAC table below is the review: every (mode, kind, namespace, role, apiGroup, resource, verbs)
-the chart grants. A change to the chart's RBAC fails this test until the table (and its review)
+The RBAC table below is the review: every (mode, kind, namespace, role, apiGroup, resource, resourceNames,
+verbs) the chart grants, each with why. A change to the chart's RBAC fails this test until the table (and its review)
 is updated on purpose.
 """
 
@@ -35,20 +35,35 @@ OPERATOR_NS = [
     ("ctxext.dev", "contextextensionjobs/status", ("get", "patch")),
     # why: one PyTorchJob per stage attempt; patch = runPolicy.suspend; never delete (GC does that)
     ("kubeflow.org", "pytorchjobs", CRUD),
+    # why: the same for the TrainJob backend (Trainer v2); patch = spec.suspend. Both kinds whatever
+    # operator.backend says: the operator watches both, and a job's spec.backend may pick either
+    ("trainer.kubeflow.org", "trainjobs", CRUD),
     # why: transitions are posted as Events (best effort)
     ("", "events", ("create",)),
     # why: before a job's first stage, does the trainer ServiceAccount exist in its namespace? (identity.py)
     ("", "serviceaccounts", ("get",)),
 ]
-TRAINER = [("ctxext.dev", "contextextensionjobs/status", ("get", "patch"))]  # why: rank 0 reports progress
+TRAINER = [
+    ("ctxext.dev", "contextextensionjobs/status", ("get", "patch")),  # why: rank 0 reports progress and result
+    # why: under a TrainJob rank 0 writes its status.trainerStatus (ctxext_trainer.trainjob_status): patch only,
+    # it never reads TrainJobs
+    ("trainer.kubeflow.org", "trainjobs/status", ("patch",)),
+]
+# why: before a job's first TrainJob, does the ClusterTrainingRuntime it names exist (kube.KubeApi.served)?
+# Cluster-scoped, hence a ClusterRole in both modes (also namespaced), narrowed to the configured runtime by
+# name; get only (resourceNames cannot narrow list/watch)
+RUNTIME_READ = ("ClusterRole", None, "ctxext-training-runtime", "trainer.kubeflow.org", "clustertrainingruntimes",
+                ("torch-distributed",), ("get",))
 REVIEWED_RBAC = sorted(
-    [("defaults", "ClusterRole", None, "ctxext", *r) for r in OPERATOR_NS]
+    [("defaults", "ClusterRole", None, "ctxext", g, r, None, v) for g, r, v in OPERATOR_NS]
     # why: kopf reads CRDs to find the resources it serves (read-only, cluster-wide mode only)
-    + [("defaults", "ClusterRole", None, "ctxext", "apiextensions.k8s.io", "customresourcedefinitions",
+    + [("defaults", "ClusterRole", None, "ctxext", "apiextensions.k8s.io", "customresourcedefinitions", None,
         ("get", "list", "watch"))]
-    + [("defaults", "Role", "ctxext-system", "ctxext-trainer", *r) for r in TRAINER]
-    + [("namespaced", "Role", ns, "ctxext", *r) for ns in ("team-a", "team-b") for r in OPERATOR_NS]
-    + [("namespaced", "Role", ns, "ctxext-trainer", *r) for ns in ("team-a", "team-b", "team-c") for r in TRAINER],
+    + [("defaults", "Role", "ctxext-system", "ctxext-trainer", g, r, None, v) for g, r, v in TRAINER]
+    + [("namespaced", "Role", ns, "ctxext", g, r, None, v) for ns in ("team-a", "team-b") for g, r, v in OPERATOR_NS]
+    + [("namespaced", "Role", ns, "ctxext-trainer", g, r, None, v)
+       for ns in ("team-a", "team-b", "team-c") for g, r, v in TRAINER]
+    + [(mode, *RUNTIME_READ) for mode in MODES],
     key=str)
 
 
@@ -57,9 +72,10 @@ def _granted(mode: str, objects: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     for obj in objects:
         if obj["kind"] in ("ClusterRole", "Role"):
             for rule in obj["rules"]:
-                assert set(rule) <= {"apiGroups", "resources", "verbs"}, rule  # no resourceNames tricks needed
+                assert set(rule) <= {"apiGroups", "resources", "resourceNames", "verbs"}, rule
+                names = tuple(rule["resourceNames"]) if "resourceNames" in rule else None
                 rows += [(mode, obj["kind"], obj["metadata"].get("namespace"), obj["metadata"]["name"], group,
-                          resource, tuple(sorted(rule["verbs"])))
+                          resource, names, tuple(sorted(rule["verbs"])))
                          for group in rule["apiGroups"] for resource in rule["resources"]]
     return sorted(rows, key=str)
 
@@ -84,6 +100,8 @@ def test_bindings_give_each_identity_only_its_own_role_and_namespace(mode):
             # ClusterRole) bound in namespace N to the ServiceAccount of namespace N.
             assert binding["kind"] == "RoleBinding" and ref["kind"] == "Role"
             assert subjects == [{"kind": "ServiceAccount", "name": "ctxext-trainer", "namespace": ns}]
+        elif ref["name"] == "ctxext-training-runtime":  # a cluster-scoped object: cluster-wide in both modes
+            assert (binding["kind"], ref["kind"], subjects) == ("ClusterRoleBinding", "ClusterRole", [operator_sa])
         else:
             assert subjects == [operator_sa]
             assert (binding["kind"], ref["kind"]) in ({"defaults": ("ClusterRoleBinding", "ClusterRole"),

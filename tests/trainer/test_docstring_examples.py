@@ -13,7 +13,8 @@ MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer
            "ctxext_trainer.model_loading", "ctxext_trainer.tokenizer", "ctxext_trainer.tiny.data",
            "ctxext_trainer.zigzag", "ctxext_trainer.ring_kernels", "ctxext_trainer.sequence_parallel",
            "ctxext_trainer.speed", "ctxext_trainer.fused_ce", "ctxext_trainer.export",
-           "ctxext_trainer.resume_check", "ctxext_trainer.checkpoint", "ctxext_trainer.data.token_cache"]
+           "ctxext_trainer.resume_check", "ctxext_trainer.checkpoint", "ctxext_trainer.data.token_cache",
+           "ctxext_trainer.trainjob_status"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -72,7 +72,8 @@ def test_trainer_carries_image_command_nodes_procs_resources_and_env():
     assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4
     assert trainer["resourcesPerNode"]["limits"] == {"cpu": "32", "memory": "200Gi", "nvidia.com/gpu": "4",
                                                      "rdma/ib": "1"}
-    assert trainer["env"] == master["env"]
+    # the PyTorchJob's env, plus the TrainJob's own name for rank 0's status.trainerStatus writes
+    assert trainer["env"] == [*master["env"], {"name": "CTXEXT_TRAINJOB", "value": tj["metadata"]["name"]}]
     assert not {e["name"] for e in trainer["env"]} & set(RESERVED_ENV)  # the torch plugin injects them
     config = load_stage_config(next(e["value"] for e in trainer["env"] if e["name"] == ENV_VAR))
     assert config.job_name == "t-s2-a1" and config.stage == 2

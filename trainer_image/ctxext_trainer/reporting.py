@@ -14,6 +14,9 @@ With ``report.kind == "kubernetes"`` the trainer merge-patches
 
 The client uses the in-cluster service account, else ``$KUBECONFIG``. Every failure is logged and
 swallowed: reporting never stops training (result.json on the volume stays the source of truth).
+
+Under a TrainJob (``$CTXEXT_TRAINJOB`` set), each progress report also goes, with the same throttle, to
+that TrainJob's ``status.trainerStatus`` (:mod:`ctxext_trainer.trainjob_status`), whatever report.kind.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 from ctxext.results import SIGNATURE, sign
 from ctxext.stage_config import StageConfig
+from ctxext_trainer.trainjob_status import TrainJobStatusWriter
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,7 @@ class StatusReporter:
         if self.enabled and not (config.report.name or config.job):
             log.warning("report.kind is kubernetes but no job name is known; status reporting disabled")
             self.enabled = False
+        self.trainjob = TrainJobStatusWriter(config, is_rank0=is_rank0, client=self._client, min_interval=min_interval)
 
     def _client(self) -> Any:
         if self._api is None:
@@ -109,7 +114,9 @@ class StatusReporter:
             return not isinstance(status, int) or status == 429 or status >= 500
 
     def progress(self, *, step: int, loss: float | None, tokens_per_second: float | None,
-                 force: bool = False) -> bool:
+                 force: bool = False, grad_norm: float | None = None) -> bool:
+        """Report a step (throttled unless ``force``); True when the ContextExtensionJob's status was written."""
+        self.trainjob.progress(step=step, loss=loss, grad_norm=grad_norm, force=force)
         if not self.enabled:
             return False
         now = time.monotonic()

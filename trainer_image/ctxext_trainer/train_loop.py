@@ -225,7 +225,7 @@ def run_steps(parts: LoopParts, state: LoopState) -> LoopState:
                                   clip_ratio=guard.clip_ratio(stats.grad_norm), tokens_per_second=tps,
                                   step_seconds=seconds, learning_rate=lr, update_ratio=ratio,
                                   tokens=float(sums[1]))
-        parts.reporter.progress(step=step_no, loss=loss_value, tokens_per_second=tps)
+        parts.reporter.progress(step=step_no, loss=loss_value, tokens_per_second=tps, grad_norm=stats.grad_norm)
         if topo.is_rank0:
             _log_step(config, {"step": step_no, "loss": loss_value, "gradNorm": stats.grad_norm, "lr": lr,
                                "seqLen": int(batches[0]["input_ids"].shape[1]) * topo.sp_size,

@@ -111,6 +111,12 @@ Role in each watched namespace. No wildcards; each rule says why.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["create", "get", "list", "watch", "patch"]
+# The same for TrainJobs (Kubeflow Trainer v2, the other backend): create one per stage attempt, get/list/watch
+# them (the operator watches both kinds, whichever backend operator.backend prefers: a job's spec.backend may
+# pick the other), and suspend/resume (patch spec.suspend). Never delete: owner references do that.
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
+  verbs: ["create", "get", "list", "watch", "patch"]
 # Before a job's first stage, check that the trainer ServiceAccount exists in its namespace (else the
 # job fails at once with condition TrainerIdentityMissing instead of PyTorchJobs whose pods never start).
 - apiGroups: [""]

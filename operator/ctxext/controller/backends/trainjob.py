@@ -45,6 +45,7 @@ from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.observe import ObservedJob
 from ctxext.errors import SpecError
 from ctxext.planner import Plan
+from ctxext.stage_config import TRAINJOB_ENV_VAR
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -134,7 +135,9 @@ def build_trainjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt:
     trainer: dict[str, Any] = {
         "image": container["image"], "command": list(container["command"]),
         "numNodes": sum(int(r["replicas"]) for r in replicas.values()),
-        "numProcPerNode": int(ptj["spec"]["nprocPerNode"]), "env": container["env"],
+        "numProcPerNode": int(ptj["spec"]["nprocPerNode"]),
+        # the TrainJob's own name: trainer rank 0 writes its status.trainerStatus (ctxext_trainer.trainjob_status)
+        "env": [*container["env"], {"name": TRAINJOB_ENV_VAR, "value": ptj["metadata"]["name"]}],
     }
     if container.get("args"):
         trainer["args"] = list(container["args"])
