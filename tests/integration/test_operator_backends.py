@@ -6,8 +6,9 @@ One operator (CTXEXT_BACKEND=auto, the shipped default) sees, in turn, a cluster
 2. TrainJob without its ClusterTrainingRuntime: the job says which runtime is missing;
 3. TrainJob with the upstream ``torch-distributed`` runtime: the same job starts by itself, as a TrainJob
    that the API server validated (Strict), and says so in status.backend;
-4. both APIs: a new job gets TrainJob, one with spec.backend PyTorchJob gets a PyTorchJob, and a job
-   whose priority class a TrainJob cannot carry is refused (InvalidSpec) before anything is created;
+4. both APIs: a new job gets TrainJob, one with spec.backend PyTorchJob gets a PyTorchJob, one with a
+   priority class (which a TrainJob cannot carry) gets a PyTorchJob, and the same job forced onto TrainJob
+   is refused (InvalidSpec) before anything is created;
 5. PyTorchJob only (the TrainJob CRD deleted; kopf then stops, and the operator is restarted as its
    Deployment would): a new job gets a PyTorchJob.
 
@@ -89,13 +90,15 @@ def test_the_operator_runs_each_job_on_the_api_the_cluster_serves(bare, tmp_path
         install_crds(api, [UPSTREAM / "kubeflow.org_pytorchjobs.yaml"])
         trainjobs.create(job("auto"))
         pytorchjobs.create(job("forced", backend="PyTorchJob"))
-        trainjobs.create(job("prio", scheduling={"priorityClassName": "high"}))
+        pytorchjobs.create(job("prio", scheduling={"priorityClassName": "high"}))  # only a PyTorchJob carries it
+        trainjobs.create(job("prio-tj", backend="TrainJob", scheduling={"priorityClassName": "high"}))
         wait_for(lambda: trainjobs.jobs("auto").get("auto-s1-a1"), what="TrainJob auto-s1-a1", proc=op)
         wait_for(lambda: pytorchjobs.jobs("forced").get("forced-s1-a1"), what="PyTorchJob forced-s1-a1", proc=op)
-        invalid = wait_for(lambda: (c := trainjobs.condition("prio", "InvalidSpec")).get("status") == "True" and c,
-                           what="prio InvalidSpec", proc=op)
+        wait_for(lambda: pytorchjobs.jobs("prio").get("prio-s1-a1"), what="PyTorchJob prio-s1-a1", proc=op)
+        invalid = wait_for(lambda: (c := trainjobs.condition("prio-tj", "InvalidSpec")).get("status") == "True"
+                           and c, what="prio-tj InvalidSpec", proc=op)
         assert "spec.scheduling.priorityClassName" in invalid["message"]
-        assert trainjobs.jobs("prio") == {} and pytorchjobs.jobs("prio") == {}
+        assert trainjobs.jobs("prio-tj") == {} and pytorchjobs.jobs("prio-tj") == {}
         assert pytorchjobs.jobs("auto") == {} and trainjobs.jobs("forced") == {}
 
         # 5. PyTorchJob only. kopf stops the operator when a CRD it watches is deleted under it (its watch gets

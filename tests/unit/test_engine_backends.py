@@ -23,6 +23,14 @@ from tests.unit.test_controller_engine import KEY, FakeApi, config, manifest
 BOTH = Served(pytorchjob=True, trainjob=True, runtime=True)
 
 
+def test_auto_takes_pytorchjob_for_a_spec_only_it_carries_where_both_are_served():
+    assert choose("Auto", "auto", BOTH, "r", trainjob_fits=False).kind == "PyTorchJob"  # type: ignore[union-attr]
+    only = choose("Auto", "auto", Served(False, True, True), "r", trainjob_fits=False)
+    assert isinstance(only, Choice) and only.kind == "TrainJob"  # then InvalidSpec names the field
+    forced = choose("TrainJob", "auto", BOTH, "r", trainjob_fits=False)
+    assert isinstance(forced, Choice) and forced.kind == "TrainJob"
+
+
 @pytest.mark.parametrize(("requested", "default", "served", "expected"), [
     ("Auto", "auto", BOTH, "TrainJob"),
     ("Auto", "auto", Served(True, True, False), "PyTorchJob"),  # the runtime is missing: the other API
@@ -147,23 +155,26 @@ def test_a_cluster_serving_neither_api_fails_the_job_in_plain_words_and_it_start
     run(scenario())
 
 
-def test_what_a_trainjob_cannot_carry_is_invalid_spec_before_anything_is_created():
+def test_what_a_trainjob_cannot_carry_runs_as_a_pytorchjob_or_is_invalid_spec_before_anything_is_created():
     async def scenario() -> Cluster:
         api = Cluster(BOTH)
         eng = Engine(config(), api)  # type: ignore[arg-type]
         body = manifest()
         body["spec"]["scheduling"] = {"priorityClassName": "high"}
-        await eng.cej_event("ADDED", api.add_cej(body), api.index())
-        status = api.cejs["t"]["status"]
-        invalid = next(c for c in status["conditions"] if c["type"] == "InvalidSpec")
-        assert status["phase"] == "Failed" and invalid["status"] == "True" and not api.jobs
-        assert "spec.scheduling.priorityClassName" in invalid["message"] and "TrainJob" in invalid["message"]
-        body["spec"]["backend"] = "PyTorchJob"  # a new job asking for the other API runs
-        body["metadata"]["name"] = "u"
-        await eng.cej_event("ADDED", api.add_cej(body), api.index())
-        assert api.jobs["u-s1-a1"]["kind"] == "PyTorchJob"
-        assert api.jobs["u-s1-a1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
+        await eng.cej_event("ADDED", api.add_cej(body), api.index())  # Auto, both served: the API that carries it
+        assert api.jobs["t-s1-a1"]["kind"] == "PyTorchJob"
+        assert api.jobs["t-s1-a1"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"][
             "priorityClassName"] == "high"
+        for name, served, backend in (("u", BOTH, "TrainJob"), ("v", Served(False, True, True), "Auto")):
+            api.answer = served
+            eng.backends._served = None
+            body["metadata"]["name"], body["spec"]["backend"] = name, backend
+            await eng.cej_event("ADDED", api.add_cej(body), api.index())
+            status = api.cejs[name]["status"]
+            invalid = next(c for c in status["conditions"] if c["type"] == "InvalidSpec")
+            assert status["phase"] == "Failed" and invalid["status"] == "True", name
+            assert "spec.scheduling.priorityClassName" in invalid["message"] and "TrainJob" in invalid["message"]
+            assert not [j for j in api.jobs if j.startswith(f"{name}-")]
         eng.close()
         return api
 

@@ -176,7 +176,7 @@ class Engine:
             status = body.get("status") or {}
             uid = body["metadata"].get("uid")
             finished = status.get("phase") in TERMINAL_PHASES and not recoverable_failure(status)
-            which = await self.backends.resolve(job, status, [j for j in jobs.values() if j.owner_uid == uid],
+            which = await self.backends.resolve(job, plan, status, [j for j in jobs.values() if j.owner_uid == uid],
                                                 finished=finished)
             backend = which.backend
             misfit = self.backends.check(key, body["metadata"].get("generation"), backend, job, plan) \

@@ -25,6 +25,7 @@ from ctxext.api.job import ContextExtensionJob
 from ctxext.config import OperatorConfig
 from ctxext.controller.backends import Backend, by_kind
 from ctxext.controller.backends.choice import Choice, Problem, Served, choose
+from ctxext.controller.backends.trainjob import TRAINJOB
 from ctxext.controller.observe import ObservedJob
 from ctxext.errors import SpecError
 from ctxext.planner import Plan
@@ -59,8 +60,8 @@ class JobBackends:
             self._served = (now, await self._ask())
         return self._served[1]
 
-    async def resolve(self, job: ContextExtensionJob | None, status: dict[str, Any], own: Iterable[ObservedJob],
-                      *, finished: bool) -> Resolved:
+    async def resolve(self, job: ContextExtensionJob | None, plan: Plan | None, status: dict[str, Any],
+                      own: Iterable[ObservedJob], *, finished: bool) -> Resolved:
         """The job's backend (see the module docstring); ``own`` are the training jobs it owns."""
         newest = max(own, key=lambda j: (j.stage, j.attempt), default=None)
         if newest is not None:
@@ -70,10 +71,24 @@ class JobBackends:
         if finished or job is None:
             return Resolved(None)
         answer = choose(str(job.spec.backend), self.config.backend, await self.served(),
-                        self.config.training_runtime)
+                        self.config.training_runtime, trainjob_fits=self._fits(job, plan))
         if isinstance(answer, Choice):
             return Resolved(by_kind(answer.kind), chosen=True)
         return Resolved(None, answer)
+
+    def _fits(self, job: ContextExtensionJob, plan: Plan | None) -> bool:
+        """Can a TrainJob carry this spec? (Only asked while choosing; a spec that does not plan is InvalidSpec
+        on either API.)"""
+        return plan is None or self._misfit(TRAINJOB, job, plan) is None
+
+    def _misfit(self, backend: Backend, job: ContextExtensionJob, plan: Plan) -> SpecError | None:
+        try:
+            for stage in plan.stages:  # the baseline evaluation (stage 0) runs stage 1's pod
+                backend.build(job, plan, stage.index, config=self.config, result_key="0" * 32)
+        except SpecError as exc:
+            return SpecError([(field, f"{message} (spec.backend / the operator chose {backend.kind})")
+                              for field, message in exc.problems])
+        return None
 
     def check(self, key: str, generation: Any, backend: Backend, job: ContextExtensionJob,
               plan: Plan) -> SpecError | None:
@@ -81,13 +96,7 @@ class JobBackends:
         cached = self._checked.get(key)
         if cached is not None and cached[:2] == (generation, backend.name):
             return cached[2]
-        error: SpecError | None = None
-        try:
-            for stage in plan.stages:  # the baseline evaluation (stage 0) runs stage 1's pod
-                backend.build(job, plan, stage.index, config=self.config, result_key="0" * 32)
-        except SpecError as exc:
-            error = SpecError([(field, f"{message} (spec.backend / the operator chose {backend.kind})")
-                               for field, message in exc.problems])
+        error = self._misfit(backend, job, plan)
         self._checked[key] = (generation, backend.name, error)
         return error
 

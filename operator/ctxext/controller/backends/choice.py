@@ -7,7 +7,8 @@ already owns training jobs keeps their kind whatever the cluster serves now. Bef
    ``CTXEXT_BACKEND``;
 2. ``CTXEXT_BACKEND`` ``pytorchjob`` or ``trainjob`` forces one; ``auto`` (the default) takes the API the
    cluster serves: TrainJob when both are served and the ClusterTrainingRuntime exists (Kubeflow's current
-   API, and the one its migration guide points to), else PyTorchJob when it is served, else TrainJob;
+   API, and the one its migration guide points to) unless the spec needs what only a PyTorchJob carries
+   (a priority class), else PyTorchJob when it is served, else TrainJob;
 3. a forced API the cluster does not serve, a TrainJob runtime that does not exist, or a cluster that serves
    neither API is a :class:`Problem`: the job fails before anything is created, with a condition that names
    the CRD (or runtime) to install, and starts by itself once it is there.
@@ -82,17 +83,22 @@ def _forced(kind: str, served: Served, runtime: str, why: str) -> Choice | Probl
     return Choice("TrainJob")
 
 
-def choose(requested: str, operator_default: str, served: Served, runtime: str) -> Choice | Problem:
+def choose(requested: str, operator_default: str, served: Served, runtime: str, *,
+           trainjob_fits: bool = True) -> Choice | Problem:
     """The API of a job that has none yet (see the module docstring).
 
     ``requested`` is ``spec.backend`` (Auto, PyTorchJob, TrainJob); ``operator_default`` is ``CTXEXT_BACKEND``
     (auto, pytorchjob, trainjob); ``runtime`` names the ClusterTrainingRuntime, for messages.
+    ``trainjob_fits`` is False for a spec that a TrainJob cannot carry (a priority class): ``auto`` then takes
+    PyTorchJob where it is served, instead of refusing the job.
     """
     if requested in ("PyTorchJob", "TrainJob"):
         return _forced(requested, served, runtime, "spec.backend")
     if operator_default in ("pytorchjob", "trainjob"):
         kind = "PyTorchJob" if operator_default == "pytorchjob" else "TrainJob"
         return _forced(kind, served, runtime, f"the operator's CTXEXT_BACKEND={operator_default}")
+    if served.pytorchjob and not trainjob_fits:
+        return Choice("PyTorchJob")  # what it needs only a PyTorchJob carries, and the cluster serves one
     if served.trainjob and served.runtime is not False and (served.runtime or not served.pytorchjob):
         return Choice("TrainJob")  # both served and the runtime exists, or TrainJob is all there is
     if served.pytorchjob is not False:
