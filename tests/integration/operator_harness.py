@@ -184,6 +184,22 @@ class Cluster:
         group, version, plural = RESOURCES[self.backend]
         return dict(self.api.get_namespaced_custom_object(group, version, self.ns, plural, name))
 
+    def suspended(self, job: dict[str, Any]) -> bool:
+        """Is this training job suspended (``spec.runPolicy.suspend`` or a TrainJob's ``spec.suspend``)?"""
+        spec = job.get("spec") or {}
+        return bool(spec.get("suspend") if self.backend == "trainjob" else (spec.get("runPolicy") or {}).get("suspend"))
+
+    def set_suspend(self, name: str, suspend: bool) -> None:
+        """Play Kueue: suspend or resume a training job."""
+        group, version, plural = RESOURCES[self.backend]
+        patch = {"spec": {"suspend": suspend}} if self.backend == "trainjob" else \
+            {"spec": {"runPolicy": {"suspend": suspend}}}
+        self.api.patch_namespaced_custom_object(group, version, self.ns, plural, name, patch)
+
+    def delete_job(self, name: str) -> None:
+        group, version, plural = RESOURCES[self.backend]
+        self.api.delete_namespaced_custom_object(group, version, self.ns, plural, name)
+
     def set_conditions(self, name: str, *types: str, message: str = "") -> None:
         """Play the training-operator: conditions Created, Running, ... each True (the last one wins); on the
         trainjob backend, play Kubeflow Trainer v2.3.0 instead: Created/Running as jobsStatus of replicated job
