@@ -118,8 +118,10 @@ def dashboard() -> dict[str, Any]:
         [target("sum by (from, to) (increase(ctxext_stage_transitions_total[$__rate_interval]))",
                 "{{from}} → {{to}}")], "short", bars=True, min_zero=True), w=6)
     lay.add(timeseries(
-        "PyTorchJobs created", "PyTorchJobs the operator created (one per stage attempt), per interval.",
-        [target("sum(increase(ctxext_pytorchjobs_created_total[$__rate_interval]))", "created")],
+        "Training jobs created", "PyTorchJobs and TrainJobs the operator created (one per stage attempt), "
+        "per interval.",
+        [target("sum(increase(ctxext_pytorchjobs_created_total[$__rate_interval]))", "PyTorchJobs"),
+         target("sum(increase(ctxext_trainjobs_created_total[$__rate_interval]))", "TrainJobs", ref="B")],
         "short", bars=True, min_zero=True), w=6)
     lay.add({"type": "stat", "title": "Stage duration", "datasource": DS,
              "description": "Wall time of the stages that succeeded in the selected time range, first attempt "

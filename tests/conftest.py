@@ -35,10 +35,11 @@ CRDS = [
 OPERATOR_NAMESPACES = ["team-a", "team-b"]
 
 
-def _install_crds(api: client.ApiClient) -> None:
+def install_crds(api: client.ApiClient, paths: list[Path] = CRDS) -> None:
+    """Install ``paths`` (CRDs, and custom resources such as a runtime once their CRD serves), each waited for."""
     ext = client.ApiextensionsV1Api(api)
     custom = client.CustomObjectsApi(api)
-    for path in CRDS:
+    for path in paths:
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd:
                 continue
@@ -84,7 +85,15 @@ def k8s_api(tmp_path_factory):
             # The kubernetes package reads $KUBECONFIG once, at import time.
             mp.setattr(config.kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(kubeconfig))
             with config.new_client_from_config(config_file=str(kubeconfig)) as api:
-                _install_crds(api)
+                install_crds(api)
             yield str(kubeconfig)
     finally:
         subprocess.run([str(START), "stop", str(run_dir)], check=False)
+
+
+@pytest.fixture(params=["pytorchjob", "trainjob"])
+def backend(request) -> str:
+    """The Kubeflow API an operator test runs on (#22 item 5: the e2e, chaos, restart and namespaced tests run
+    on both): PyTorchJob (training-operator v1) or TrainJob (Trainer v2). The session's API server serves both."""
+    return str(request.param)
+

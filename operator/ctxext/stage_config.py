@@ -24,6 +24,10 @@ ENV_VAR = "CTXEXT_STAGE_CONFIG"
 #: Name of the TrainJob that runs this stage attempt (set by the TrainJob builder only): trainer rank 0 also
 #: writes that TrainJob's ``status.trainerStatus`` (:mod:`ctxext_trainer.trainjob_status`).
 TRAINJOB_ENV_VAR = "CTXEXT_TRAINJOB"
+#: Directory of the model credentials Secret (``spec.model.credentialsSecretRef``) mounted as files, where the
+#: pod cannot take it as ``envFrom`` (a TrainJob): ``ctxext_trainer.launch`` exports each key as a variable.
+CREDENTIALS_ENV_VAR = "CTXEXT_CREDENTIALS_DIR"
+CREDENTIALS_DIR = "/var/run/secrets/ctxext/credentials"
 
 
 class ReportTarget(ApiModel):

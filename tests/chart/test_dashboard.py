@@ -21,7 +21,7 @@ TRAINER = {"ctxext_train_loss", "ctxext_train_perplexity", "ctxext_grad_norm", "
            "ctxext_step_seconds", "ctxext_memory_bytes"}
 EVALUATION = {"ctxext_eval_accuracy", "ctxext_eval_perplexity"}
 OPERATOR = {"ctxext_jobs", "ctxext_stage_transitions_total", "ctxext_reconcile_duration_seconds",
-            "ctxext_stage_duration_seconds", "ctxext_pytorchjobs_created_total"}
+            "ctxext_stage_duration_seconds", "ctxext_pytorchjobs_created_total", "ctxext_trainjobs_created_total"}
 
 
 def test_committed_dashboard_is_what_the_generator_writes():

@@ -41,16 +41,17 @@ def manifest(base: Path) -> dict:
     return obj
 
 
-def test_operator_and_local_executor_run_three_stages_to_succeeded(k8s_api, tmp_path):
+def test_operator_and_local_executor_run_three_stages_to_succeeded(k8s_api, tmp_path, backend):
     from ctxext_trainer.tiny.model import new_tiny_model, save_tiny
 
     base, root = tmp_path / "base", tmp_path / "root"
     save_tiny(new_tiny_model(0), base)
     config.load_kube_config(config_file=k8s_api)
-    cluster = Cluster(client.CustomObjectsApi(), NS)
-    operator = OperatorProcess(k8s_api, tmp_path / "operator.log").start()
+    ns = f"{NS}-{backend}"
+    cluster = Cluster(client.CustomObjectsApi(), ns, backend)
+    operator = OperatorProcess(k8s_api, tmp_path / "operator.log", backend).start()
     env = {**os.environ, "KUBECONFIG": k8s_api, "OMP_NUM_THREADS": "1"}
-    executor = Proc(["local-executor", "--root", str(root), "-n", NS, "--poll", "0.5"],
+    executor = Proc(["local-executor", "--root", str(root), "-n", ns, "--poll", "0.5"],
                     tmp_path / "executor.log", env).start()
     try:
         cluster.create(manifest(base))
@@ -61,7 +62,10 @@ def test_operator_and_local_executor_run_three_stages_to_succeeded(k8s_api, tmp_
         executor.stop()
         operator.stop()
 
-    assert sorted(cluster.pytorchjobs(NAME)) == [f"{NAME}-s{i}-a1" for i in (1, 2, 3)]
+    jobs = cluster.jobs(NAME)
+    assert sorted(jobs) == [f"{NAME}-s{i}-a1" for i in (1, 2, 3)]
+    assert {j["kind"] for j in jobs.values()} == {"PyTorchJob" if backend == "pytorchjob" else "TrainJob"}
+    assert status["backend"] == next(iter(jobs.values()))["kind"]
     stages = status["stages"]
     assert [(s["index"], s["seqLen"], s["phase"], s["attempts"]) for s in stages] == [
         (i + 1, n, "Succeeded", 1) for i, n in enumerate(LENGTHS)]
@@ -76,9 +80,9 @@ def test_operator_and_local_executor_run_three_stages_to_succeeded(k8s_api, tmp_
     assert status["progress"]["stage"] == 3 and status["progress"]["step"] == 4
     assert status["stage"] == "3/3" and isinstance(status["loss"], float)
     model = Path(status["finalModelPath"])
-    assert model == (root / "ckpt" / NS / NAME / "stage-3" / "model").resolve()
+    assert model == (root / "ckpt" / ns / NAME / "stage-3" / "model").resolve()
     cfg = json.loads((model / "config.json").read_text())
     assert cfg["rope_parameters"]["rope_theta"] == pytest.approx(thetas[-1])
     # Each stage started from the previous stage's model.
-    stage2 = json.loads((root / "ckpt" / NS / NAME / "stage-2" / "result.json").read_text())
+    stage2 = json.loads((root / "ckpt" / ns / NAME / "stage-2" / "result.json").read_text())
     assert stage2["jobName"] == f"{NAME}-s2-a1"

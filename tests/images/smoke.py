@@ -173,7 +173,7 @@ class Background:
 def smoke_operator(op_image: str, tr_image: str, work: Path, steps: int | None, timeout: float) -> None:
     from kubernetes import client, config
 
-    from tests.conftest import START, _install_crds
+    from tests.conftest import START, install_crds
 
     api_dir = work / "api"
     kube = work / "kube"
@@ -181,7 +181,7 @@ def smoke_operator(op_image: str, tr_image: str, work: Path, steps: int | None, 
     procs: list[Background] = []
     try:
         with config.new_client_from_config(config_file=str(api_dir / "kubeconfig")) as api:
-            _install_crds(api)
+            install_crds(api)
         kube.mkdir(parents=True, exist_ok=True)
         shutil.copy(api_dir / "kubeconfig", kube / "kubeconfig")
         os.chmod(kube, 0o755)

@@ -11,19 +11,22 @@ from tests.unit.helpers import minimal
 pytestmark = pytest.mark.apiserver
 
 
-def test_namespaced_operator_serves_its_namespace(k8s_api, tmp_path):
+def test_namespaced_operator_serves_its_namespace(k8s_api, tmp_path, backend):
     config.load_kube_config(config_file=k8s_api)
     api = client.CustomObjectsApi()
-    mine, other = Cluster(api, "scoped-a"), Cluster(api, "scoped-b")
-    op = OperatorProcess(k8s_api, tmp_path / "operator.log", CTXEXT_NAMESPACES="scoped-a").start()
+    mine, other = Cluster(api, "scoped-a", backend), Cluster(api, "scoped-b", backend)
+    name = f"scoped-{backend}"
+    op = OperatorProcess(k8s_api, tmp_path / "operator.log", backend, CTXEXT_NAMESPACES="scoped-a").start()
     try:
         for cluster in (other, mine):  # the other namespace's job first: when ours is served, it was seen
             obj = minimal()
-            obj["metadata"]["name"] = "scoped"
+            obj["metadata"]["name"] = name
             cluster.create(obj)
-        wait_for(lambda: mine.pytorchjobs("scoped").get("scoped-s1-a1"), what="job in scoped-a", proc=op)
-        wait_for(lambda: mine.status("scoped").get("phase") == "Running", what="Running", proc=op)
-        assert other.pytorchjobs("scoped") == {} and other.status("scoped") == {}
+        job = wait_for(lambda: mine.jobs(name).get(f"{name}-s1-a1"), what="job in scoped-a", proc=op)
+        wait_for(lambda: mine.status(name).get("phase") == "Running", what="Running", proc=op)
+        assert other.jobs(name) == {} and other.status(name) == {}
+        assert job["kind"] == {"pytorchjob": "PyTorchJob", "trainjob": "TrainJob"}[backend]
+        assert mine.status(name)["backend"] == job["kind"]
         assert "namespaces: scoped-a" in op.tail(200)
     finally:
         op.stop()

@@ -102,7 +102,9 @@ def jobs():
     assert {p.name for p in examples} >= {"tiny-cpu.yaml", "llama3-8b-1m.yaml"}
     cases = [job_from_object(without_priority_class(example(p.name)) if p.name == "llama3-8b-1m.yaml"
                              else example(p.name)) for p in examples]
-    cases += [gpu_job(), job_from_object(hf), job_from_object(long_name)]
+    creds = gpu_job(credentials=True)  # #22 item 2: the credentials Secret as a read-only volume
+    creds.metadata["name"] = "creds"
+    cases += [gpu_job(), creds, job_from_object(hf), job_from_object(long_name)]
     for job in cases:
         job.metadata["namespace"] = NS
         plan = plan_curriculum(job.spec)

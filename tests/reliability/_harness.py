@@ -64,16 +64,19 @@ class Rig:
     tmp: Path
     executor_env: dict[str, str] = field(default_factory=dict)
     operator_env: dict[str, str] = field(default_factory=dict)
+    backend: str = "pytorchjob"
+    """Kubeflow API the operator runs the stages on (PyTorchJob or TrainJob; the executor runs both)."""
     operator: OperatorProcess | None = None
     executor: Proc | None = None
 
     def __post_init__(self) -> None:
         config.load_kube_config(config_file=self.kubeconfig)
-        self.cluster = Cluster(client.CustomObjectsApi(), self.namespace)
+        self.cluster = Cluster(client.CustomObjectsApi(), self.namespace, self.backend)
         self.root = self.tmp / "root"
 
     def start_operator(self) -> OperatorProcess:
-        self.operator = OperatorProcess(self.kubeconfig, self.tmp / "operator.log", **self.operator_env).start()
+        self.operator = OperatorProcess(self.kubeconfig, self.tmp / "operator.log", self.backend,
+                                        **self.operator_env).start()
         return self.operator
 
     def start_executor(self) -> Proc:

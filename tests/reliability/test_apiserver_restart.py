@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from kubernetes import config
 
-from tests.conftest import START, _install_crds
+from tests.conftest import START, install_crds
 from tests.integration.operator_harness import wait_for
 from tests.reliability._harness import Rig, base_model, tiny_manifest
 
@@ -115,7 +115,7 @@ def test_operator_recovers_after_apiserver_and_etcd_restart(tmp_path):
     try:
         real = run_dir / "kubeconfig"
         with config.new_client_from_config(config_file=str(real)) as api:
-            _install_crds(api)
+            install_crds(api)
         forwarder = Forwarder(_server_port(real))
         stable = tmp_path / "kubeconfig"
         stable.write_text(real.read_text().replace(f"127.0.0.1:{_server_port(real)}", f"127.0.0.1:{forwarder.port}"))

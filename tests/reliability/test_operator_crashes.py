@@ -2,9 +2,10 @@
 
 Operator + local executor + the real trainer (1 process) run a 3-stage tiny curriculum. The
 operator is killed with SIGKILL at seeded random moments (each after a random 0.2–3 s of life, so
-kills land during start-up, mid-stage, between a PyTorchJob create and its status patch, ...) and
+kills land during start-up, mid-stage, between a training job's create and its status patch, ...) and
 started again, over and over until the curriculum is over (≥ 10 kills, at most 60). The job must
-end Succeeded with exactly one PyTorchJob per stage attempt and every stage run exactly once.
+end Succeeded with exactly one training job per stage attempt and every stage run exactly once, on both
+backends (PyTorchJob and TrainJob, #22 item 5).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ KILLS = 10
 MAX_KILLS = 60
 
 
-def test_operator_killed_at_random_moments_finishes_without_duplicates_or_skips(k8s_api, tmp_path):
+def test_operator_killed_at_random_moments_finishes_without_duplicates_or_skips(k8s_api, tmp_path, backend):
     rng = random.Random(SEED)
-    rig = Rig(k8s_api, NS, tmp_path)
+    rig = Rig(k8s_api, f"{NS}-{backend}", tmp_path, backend=backend)
     rig.start_executor()
     kills, phases_seen = 0, set()
     try:
@@ -54,9 +55,9 @@ def test_operator_killed_at_random_moments_finishes_without_duplicates_or_skips(
         if rig.operator:
             rig.operator.stop()
 
-    jobs = sorted(rig.cluster.pytorchjobs(NAME))
-    print(f"\noperator crashes: {kills} SIGKILLs injected, {kills} restarts survived; "
-          f"stage/phase at the kills: {sorted(phases_seen, key=str)}; PyTorchJobs: {jobs}")
+    jobs = sorted(rig.cluster.jobs(NAME))
+    print(f"\noperator crashes ({backend}): {kills} SIGKILLs injected, {kills} restarts survived; "
+          f"stage/phase at the kills: {sorted(phases_seen, key=str)}; training jobs: {jobs}")
     assert kills >= 10
     assert status["phase"] == "Succeeded", json.dumps(status.get("conditions"), indent=1) + rig.logs()
     assert jobs == [f"{NAME}-s{i}-a1" for i in (1, 2, 3)]

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from ctxext.config import OperatorConfig
 from ctxext.controller import engine as engine_mod
+from ctxext.controller.backends.choice import Served
 from ctxext.controller.builder import ANNOTATION_RESULT_KEY
 from ctxext.controller.engine import Engine
 from ctxext.controller.observe import observe
@@ -57,12 +58,13 @@ class FakeApi:
         """The CEJ as a watch event would carry it (not an API call of the engine's)."""
         return copy.deepcopy(self.cejs[name])
 
-    def index(self) -> dict[tuple[str, str], list[Owned]]:
+    def index(self) -> tuple[dict[tuple[str, str], list[Owned]]]:
+        """kopf's indexes of owned training jobs as the handlers pass them (all PyTorchJobs here: one)."""
         out: dict[tuple[str, str], list[Owned]] = {}
         for j in self.jobs.values():
             out.setdefault(("ns", j["metadata"]["labels"]["ctxext.dev/job"]), []).append(
                 Owned(int(j["metadata"]["resourceVersion"]), observe(j)))
-        return out
+        return (out,)
 
     def set_conditions(self, name: str, *types: str) -> dict[str, Any]:
         job = self.jobs[name]
@@ -88,7 +90,12 @@ class FakeApi:
             self.jobs[name]["metadata"]["resourceVersion"] = str(next(self.rv))
         return copy.deepcopy(self.jobs[name])
 
-    def set_suspend(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+    def served(self, runtime: str) -> Served:
+        """A cluster that serves PyTorchJob only (discovery: one call, shared by every job for 30 s)."""
+        self.calls.append("served")
+        return Served(pytorchjob=True, trainjob=False, runtime=None)
+
+    def set_suspend(self, namespace: str, name: str, suspend: bool, kind: str = "PyTorchJob") -> dict[str, Any]:
         self.calls.append("suspend")
         self.jobs[name]["spec"].setdefault("runPolicy", {})["suspend"] = suspend
         self.jobs[name]["metadata"]["resourceVersion"] = str(next(self.rv))
@@ -146,7 +153,10 @@ def test_two_stages_take_five_passes_and_deletion_frees_everything(passes):
         done = api.set_conditions("t-s2-a1", "Created", "Running", "Succeeded")
         await eng.job_event("MODIFIED", "ns", "t-s2-a1", "t", done, api.index())
         assert passes["n"] == 5 and api.cejs["t"]["status"]["phase"] == "Succeeded"
-        assert api.calls.count("create") == 2 and set(api.calls) == {"create", "status"}  # no read, no list
+        # No read, no list; one discovery call before the first attempt, none once status.backend records it.
+        assert api.calls.count("create") == 2 and api.calls.count("served") == 1
+        assert set(api.calls) == {"served", "create", "status"} and api.calls[0] == "served"
+        assert api.cejs["t"]["status"]["backend"] == "PyTorchJob"
         await eng.cej_event("DELETED", api.current("t"), api.index())
         left = (len(eng.registry), len(eng.scheduler), dict(eng.phases._phases))
         eng.close()
@@ -217,7 +227,7 @@ def test_the_resync_lists_the_jobs_and_sees_one_gone_that_a_stale_index_still_sh
         await eng.cej_event("ADDED", api.add_cej(manifest()), api.index())
         stale = api.index()  # what kopf's index holds if the job's DELETED event was lost with a watch
         api.jobs.clear()
-        eng.index = stale
+        eng.indexes = stale
         await eng.reconcile(KEY)  # an event-driven pass believes the index
         assert api.calls.count("create") == 1
         await eng.reconcile(KEY, fresh=True)  # the resync does not

@@ -104,7 +104,6 @@ def test_pod_settings_go_through_one_runtime_patch_on_the_node_container():
 @pytest.mark.parametrize(("job", "field"), [
     (gpu_job(scheduling={"priorityClassName": "high"}), "spec.scheduling.priorityClassName"),
     (gpu_job(pod={"runtimeClassName": "nvidia"}), "spec.pod.runtimeClassName"),
-    (gpu_job(credentials=True), "spec.model.credentialsSecretRef"),
     (gpu_job(env=[{"name": "PET_MASTER_PORT", "value": "1"}]), "spec.env[1].name"),
     (gpu_job(run_policy={"ttlSecondsAfterFinished": 60}), "spec.runPolicy.ttlSecondsAfterFinished"),
     (gpu_job(run_policy={"cleanPodPolicy": "All"}), "spec.runPolicy.cleanPodPolicy"),
@@ -122,8 +121,25 @@ def test_every_refusal_at_once_and_an_operator_setting_by_its_variable():
     with pytest.raises(SpecError) as err:
         build_trainjob(job, plan_curriculum(job.spec), 1, config=OperatorConfig(image_pull_policy="Always"))
     assert [p for p, _ in err.value.problems] == [
-        "spec.scheduling.priorityClassName", "spec.pod.runtimeClassName", "spec.model.credentialsSecretRef",
-        "CTXEXT_IMAGE_PULL_POLICY"]
+        "spec.scheduling.priorityClassName", "spec.pod.runtimeClassName", "CTXEXT_IMAGE_PULL_POLICY"]
+
+
+def test_credentials_travel_as_a_read_only_secret_volume_never_as_values_or_envfrom():
+    """#22 item 2: a TrainJob cannot carry envFrom, so the Secret is mounted as files that the launcher exports."""
+    job = gpu_job(credentials=True)
+    tj = build_trainjob(job, plan_curriculum(job.spec), 1)
+    text = str(tj)
+    assert "envFrom" not in text and "hf-token" in text
+    patch = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0]
+    pod = patch["template"]["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "ctxext-credentials")
+    assert volume == {"name": "ctxext-credentials", "secret": {"secretName": "hf-token", "defaultMode": 0o440}}
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ctxext-credentials")
+    assert mount == {"name": "ctxext-credentials", "mountPath": "/var/run/secrets/ctxext/credentials",
+                     "readOnly": True}
+    assert {"name": "CTXEXT_CREDENTIALS_DIR", "value": "/var/run/secrets/ctxext/credentials"} in \
+        tj["spec"]["trainer"]["env"]
+    assert "ctxext-credentials" not in str(build_trainjob(gpu_job(), plan_curriculum(job.spec), 1))
 
 
 def test_stage_zero_and_attempts_are_deterministic():

@@ -4,14 +4,19 @@ torchrun, but the pod's exit code is the trainer's. Plain torchrun exits 1 whene
 which would hide the guarded-stop code 3 and the preemption code 143
 (:mod:`ctxext_trainer.exit_codes`) from the operator and from Kubeflow's ExitCode restart policy.
 Options and the ``PET_*`` environment variables (``PET_NNODES``, ``PET_NPROC_PER_NODE``,
-``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ...) are torchrun's own; this only maps the outcome.
+``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ...) are torchrun's own; this only maps the outcome, and first
+exports model credentials mounted as files (a TrainJob's, :mod:`ctxext_trainer.credentials`) so that the
+workers inherit them.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
+from ctxext.stage_config import CREDENTIALS_ENV_VAR
 from ctxext_trainer import exit_codes
+from ctxext_trainer.credentials import export_credentials
 
 
 def combined_exit_code(worker_codes: list[int]) -> int:
@@ -41,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import parse_args, run
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if names := export_credentials():
+        print(f"ctxext: model credentials from {os.environ[CREDENTIALS_ENV_VAR]}: {', '.join(names)}", flush=True)
     try:
         run(args)
     except ChildFailedError as exc:

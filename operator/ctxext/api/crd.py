@@ -136,6 +136,7 @@ PRINTER_COLUMNS = [
     _column("EffLen", ".status.effectiveLength", "integer",
             "effective context length measured by the latest evaluated stage", 1),
     _column("Target", ".spec.targetContextLength", "integer", "target context length", 1),
+    _column("Backend", ".status.backend", "string", "Kubeflow API running the stages: PyTorchJob or TrainJob", 1),
     _column("Age", ".metadata.creationTimestamp", "date", "time since creation"),
 ]
 

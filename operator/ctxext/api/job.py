@@ -26,6 +26,14 @@ from ctxext.api.spec import (
 )
 
 _STAGES = "self.curriculum.stages"
+
+
+class TrainingBackend(StrEnum):
+    """The Kubeflow API that runs a job's stage attempts."""
+
+    AUTO = "Auto"
+    PYTORCHJOB = "PyTorchJob"
+    TRAINJOB = "TrainJob"
 _LAST = f"{_STAGES}[size({_STAGES}) - 1]"
 
 
@@ -87,7 +95,14 @@ class ContextExtensionJobSpec(ApiModel):
     """Allow-listed settings of the trainer pods for GPU clusters: imagePullSecrets, capabilities (IPC_LOCK
     for RDMA), runtimeClassName, extra labels and annotations."""
     suspend: bool = False
-    """Suspend the job: the running stage's PyTorchJob is suspended (pods deleted) until false again."""
+    """Suspend the job: the running stage's training job (PyTorchJob or TrainJob) is suspended (pods deleted)
+    until false again."""
+    backend: TrainingBackend = Field(default=TrainingBackend.AUTO, json_schema_extra=immutable("spec.backend"))
+    """Kubeflow API that runs each stage attempt: PyTorchJob (kubeflow.org/v1, Kubeflow training-operator v1),
+    TrainJob (trainer.kubeflow.org/v1alpha1, Kubeflow Trainer v2, on the operator's ClusterTrainingRuntime
+    CTXEXT_TRAINING_RUNTIME), or Auto: the operator's CTXEXT_BACKEND, which by default takes whichever API the
+    cluster serves, TrainJob when both are and its runtime exists. The choice is made at the first attempt and
+    kept in status.backend."""
 
 
 class Phase(StrEnum):
@@ -211,6 +226,9 @@ class ContextExtensionJobStatus(ApiModel):
     conditions: list[Condition] | None = Field(default=None, json_schema_extra=k8s(
         list_type="map", list_map_keys=["type"]))
     """Ready, Progressing, Degraded, Failed and InvalidSpec conditions."""
+    backend: str | None = None
+    """Kubeflow API running this job's stage attempts (PyTorchJob or TrainJob): chosen before the first attempt
+    from spec.backend and what the cluster serves, then kept."""
     final_model_path: str | None = None
     """Hugging Face model directory of the last stage once the job has Succeeded."""
     observed_generation: int | None = None

@@ -35,16 +35,19 @@ def operator(
                                         "(repeatable; default CTXEXT_NAMESPACES, else all)."),
     metrics_port: int | None = typer.Option(None, help="Port of /metrics (default CTXEXT_METRICS_PORT, 8080)."),
     health_port: int | None = typer.Option(None, help="Port of /healthz (default CTXEXT_HEALTH_PORT, 8081)."),
+    backend: str | None = typer.Option(None, help="Kubeflow API of jobs with spec.backend Auto: auto (what the "
+                                       "cluster serves, TrainJob when both are and its runtime exists), "
+                                       "pytorchjob or trainjob (default CTXEXT_BACKEND, auto)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
 ) -> None:
-    """Run the operator: reconcile ContextExtensionJobs into Kubeflow PyTorchJobs, stage by stage.
+    """Run the operator: reconcile ContextExtensionJobs into Kubeflow TrainJobs or PyTorchJobs, stage by stage.
 
     Settings come from CTXEXT_* environment variables (see operator/ctxext/config.py); the options
     here override them.
     """
     _use_kubeconfig(kubeconfig)
     overrides = {"namespaces": " ".join(namespace) if namespace else None, "metrics_port": metrics_port,
-                 "health_port": health_port}
+                 "health_port": health_port, "backend": backend}
     for key, value in overrides.items():
         if value is not None:
             os.environ[f"CTXEXT_{key.upper()}"] = str(value)

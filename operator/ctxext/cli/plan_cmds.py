@@ -9,7 +9,9 @@ import typer
 from rich.table import Table
 
 from ctxext.api.crd import crd_yaml
+from ctxext.api.job import ContextExtensionJob
 from ctxext.cli.common import OutputFormat, console, emit, err_console, reports_errors
+from ctxext.errors import SpecError
 from ctxext.manifest import job_name, load_job, load_jobs
 from ctxext.planner import Plan, PlannedStage, plan_curriculum
 
@@ -80,12 +82,29 @@ def validate(manifest: Path = MANIFEST) -> None:
         result = plan_curriculum(job.spec)
         for w in result.warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        _check_backend(job, result)
         if not job.metadata.get("name"):
             err_console.print(f"[yellow]warning:[/] no metadata.name: `ctxext run` names this job "
                               f"{job_name(job, manifest)!r} after the file; kubectl apply needs metadata.name",
                               highlight=False)
         console.print(f"{manifest}: {job_name(job, manifest)} is valid "
                       f"({len(result.stages)} stages)", highlight=False)
+
+
+def _check_backend(job: ContextExtensionJob, plan: Plan) -> None:
+    """spec.backend TrainJob: what a TrainJob cannot carry is an error here too; Auto: a warning, since an
+    operator on a cluster that serves only TrainJob would refuse it (``ctxext.controller.backends.choice``)."""
+    from ctxext.controller.backends import get_backend
+
+    try:
+        for stage in plan.stages:
+            get_backend("trainjob").build(job, plan, stage.index)
+    except SpecError as exc:
+        if job.spec.backend == "TrainJob":
+            raise
+        if job.spec.backend == "Auto":
+            err_console.print(f"[yellow]warning:[/] on a cluster that serves only TrainJob (Kubeflow Trainer v2, no "
+                              f"PyTorchJob CRD) the operator refuses this job: {exc}", highlight=False)
 
 
 @reports_errors

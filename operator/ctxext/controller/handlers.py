@@ -1,8 +1,9 @@
 """kopf handlers: decorators only; every body calls into :class:`ctxext.controller.engine.Engine`.
 
-Event-driven and level-based: kopf keeps an index of the owned PyTorchJobs (one small
-:class:`~ctxext.controller.registry.Owned` per job, filled before any handler runs, also after a
-restart); every watch event of a ContextExtensionJob or of an owned PyTorchJob goes to the engine,
+Event-driven and level-based: kopf keeps an index of the owned PyTorchJobs and one of the owned TrainJobs
+(one small :class:`~ctxext.controller.registry.Owned` per job, filled before any handler runs, also after
+a restart; an API the cluster does not serve is not watched, and kopf warns once that it cannot serve it);
+every watch event of a ContextExtensionJob or of an owned PyTorchJob or TrainJob goes to the engine,
 which runs a pass only when something a pass acts on changed (:mod:`ctxext.controller.changes`).
 Handlers are async: nothing here waits on a thread pool of kopf's.
 """
@@ -15,13 +16,16 @@ from typing import Any
 import kopf
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
+from ctxext.controller.backends.pytorchjob import PYTORCHJOB
+from ctxext.controller.backends.trainjob import TRAINJOB
 from ctxext.controller.builder import LABEL_JOB
-from ctxext.controller.observe import observe
+from ctxext.controller.engine import OwnedIndexes
 from ctxext.controller.registry import Owned, resource_version
 from ctxext.controller.startup import configure
 
 CEJ = (GROUP, VERSION, PLURAL)
-PTJ = ("kubeflow.org", "v1", "pytorchjobs")
+PTJ = PYTORCHJOB.resource
+TJ = TRAINJOB.resource
 OWNED = {LABEL_JOB: kopf.PRESENT}
 
 
@@ -48,16 +52,36 @@ def cleanup(memo: Any, **_: Any) -> None:
 @kopf.index(*PTJ, labels=OWNED)
 def owned_pytorchjobs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
                       **_: Any) -> dict[tuple[str, str], Owned]:
-    return {(namespace or "default", labels[LABEL_JOB]): Owned(resource_version(body) or 0, observe(dict(body)))}
+    return {(namespace or "default", labels[LABEL_JOB]):
+            Owned(resource_version(body) or 0, PYTORCHJOB.observe({"kind": PYTORCHJOB.kind, **body}))}
 
 
-# The index reaches handlers as a keyword argument named after it (kopf's convention).
+@kopf.index(*TJ, labels=OWNED)
+def owned_trainjobs(namespace: str | None, labels: Mapping[str, str], body: kopf.Body,
+                    **_: Any) -> dict[tuple[str, str], Owned]:
+    return {(namespace or "default", labels[LABEL_JOB]):
+            Owned(resource_version(body) or 0, TRAINJOB.observe({"kind": TRAINJOB.kind, **body}))}
+
+
+def _indexes(kwargs: Mapping[str, Any]) -> OwnedIndexes:
+    """Both indexes, as kopf passes them to every handler (keyword arguments named after them)."""
+    return (kwargs["owned_pytorchjobs"], kwargs["owned_trainjobs"])
+
+
 @kopf.on.event(*CEJ)
 async def cej_event(type: str, body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    await memo.engine.cej_event(type, body, kwargs["owned_pytorchjobs"])
+    await memo.engine.cej_event(type, body, _indexes(kwargs))
 
 
 @kopf.on.event(*PTJ, labels=OWNED)
 async def pytorchjob_event(type: str, namespace: str | None, name: str, labels: Mapping[str, str],
                            body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    await memo.engine.job_event(type, namespace, name, labels[LABEL_JOB], body, kwargs["owned_pytorchjobs"])
+    await memo.engine.job_event(type, namespace, name, labels[LABEL_JOB], {"kind": PYTORCHJOB.kind, **body},
+                                _indexes(kwargs))
+
+
+@kopf.on.event(*TJ, labels=OWNED)
+async def trainjob_event(type: str, namespace: str | None, name: str, labels: Mapping[str, str],
+                         body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    await memo.engine.job_event(type, namespace, name, labels[LABEL_JOB], {"kind": TRAINJOB.kind, **body},
+                                _indexes(kwargs))

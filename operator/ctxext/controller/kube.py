@@ -1,11 +1,13 @@
 """The controller's API calls (the synchronous ``kubernetes`` client), each one request.
 
 :class:`KubeApi` is what :mod:`ctxext.controller.engine` runs in its thread pool: read a
-ContextExtensionJob, create a PyTorchJob (409 AlreadyExists → read the existing one back: names
-are deterministic, so it is the same attempt), set a PyTorchJob's ``runPolicy.suspend``, and
-merge-patch the CEJ's status. Event-driven passes make no list call (the owned PyTorchJobs come from
-kopf's index); only the resync lists a job's PyTorchJobs, to correct an index that a watch restart left
-stale (kopf's re-list after 410 Gone adds objects but never drops the ones deleted meanwhile).
+ContextExtensionJob, create a training job — a PyTorchJob or a TrainJob, by the manifest's kind
+(:mod:`ctxext.controller.backends`) — (409 AlreadyExists → read the existing one back: names are
+deterministic, so it is the same attempt), suspend or resume one, and merge-patch the CEJ's status.
+Event-driven passes make no list call (the owned jobs come from kopf's indexes); only the resync lists
+a job's training jobs of both kinds, to correct an index that a watch restart left stale (kopf's
+re-list after 410 Gone adds objects but never drops the ones deleted meanwhile). :meth:`KubeApi.served`
+asks discovery which of the two APIs the cluster serves, before a job's first attempt.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ from kubernetes import client
 
 from ctxext.api.base import GROUP, PLURAL, VERSION
 from ctxext.controller import metrics
+from ctxext.controller.backends import BACKENDS, by_kind
+from ctxext.controller.backends.choice import Served
+from ctxext.controller.backends.trainjob import GROUP as TRAINER_GROUP
+from ctxext.controller.backends.trainjob import VERSION as TRAINER_VERSION
 from ctxext.controller.builder import LABEL_JOB
 from ctxext.controller.identity import answer_of
 
-PTJ = ("kubeflow.org", "v1", "pytorchjobs")
+RUNTIMES = (TRAINER_GROUP, TRAINER_VERSION, "clustertrainingruntimes")
 log = logging.getLogger("ctxext.controller")
 
 
@@ -58,28 +64,68 @@ class KubeApi:
             raise
 
     def list_jobs(self, namespace: str, name: str) -> list[dict[str, Any]]:
-        """The PyTorchJobs labelled as the CEJ's (resync passes only)."""
-        found = cast(dict[str, Any], self.api.list_namespaced_custom_object(
-            *PTJ[:2], namespace, PTJ[2], label_selector=f"{LABEL_JOB}={name}"))
-        return list(found.get("items") or [])
+        """The PyTorchJobs and TrainJobs labelled as the CEJ's (resync passes only); an API not served is skipped."""
+        out: list[dict[str, Any]] = []
+        for backend in BACKENDS.values():
+            group, version, plural = backend.resource
+            try:
+                found = cast(dict[str, Any], self.api.list_namespaced_custom_object(
+                    group, version, namespace, plural, label_selector=f"{LABEL_JOB}={name}"))
+            except client.ApiException as exc:
+                if missing(exc):  # the cluster does not serve this API
+                    continue
+                raise
+            out += [{"kind": backend.kind, **item} for item in found.get("items") or []]
+        return out
+
+    def served(self, runtime: str) -> Served:
+        """Which training APIs the cluster serves (discovery), and whether ClusterTrainingRuntime ``runtime``
+        exists; None where it cannot tell (a 403 on the runtime: the operator may not read it)."""
+        answers = {name: self._serves(*backend.resource) for name, backend in BACKENDS.items()}
+        exists: bool | None = None
+        if answers["trainjob"]:
+            try:
+                self.api.get_cluster_custom_object(*RUNTIMES, runtime)
+                exists = True
+            except client.ApiException as exc:
+                if not missing(exc) and exc.status != 403:
+                    raise
+                exists = False if missing(exc) else None
+                if exists is None:
+                    log.warning("cannot read ClusterTrainingRuntime %s (%s): not assuming it exists", runtime,
+                                exc.status)
+        return Served(pytorchjob=answers["pytorchjob"], trainjob=answers["trainjob"], runtime=exists)
+
+    def _serves(self, group: str, version: str, plural: str) -> bool:
+        """Does discovery list ``plural`` under ``/apis/group/version``? (404: the group version is not served.)"""
+        try:
+            found = self.api.get_api_resources(group, version)
+        except client.ApiException as exc:
+            if missing(exc):
+                return False
+            raise
+        return any(r.name == plural for r in found.resources or [])
 
     def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        """Create a PyTorchJob; one that already exists (409) is read back instead."""
-        name = body["metadata"]["name"]
+        """Create a PyTorchJob or TrainJob (by ``body``'s kind); one that already exists (409) is read back."""
+        name, kind = body["metadata"]["name"], body["kind"]
+        group, version, plural = by_kind(kind).resource
         try:
-            created = self.api.create_namespaced_custom_object(*PTJ[:2], namespace, PTJ[2], body,
+            created = self.api.create_namespaced_custom_object(group, version, namespace, plural, body,
                                                                field_validation="Strict")
-            metrics.PYTORCHJOBS_CREATED.inc()
-            log.info("created PyTorchJob %s/%s", namespace, name)
+            (metrics.PYTORCHJOBS_CREATED if kind == "PyTorchJob" else metrics.TRAINJOBS_CREATED).inc()
+            log.info("created %s %s/%s", kind, namespace, name)
             return cast(dict[str, Any], created)
         except client.ApiException as exc:
             if exc.status != 409:
                 raise
-            return cast(dict[str, Any], self.api.get_namespaced_custom_object(*PTJ[:2], namespace, PTJ[2], name))
+            return cast(dict[str, Any], self.api.get_namespaced_custom_object(group, version, namespace, plural, name))
 
-    def set_suspend(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+    def set_suspend(self, namespace: str, name: str, suspend: bool, kind: str = "PyTorchJob") -> dict[str, Any]:
+        backend = by_kind(kind)
+        group, version, plural = backend.resource
         return cast(dict[str, Any], self.api.patch_namespaced_custom_object(
-            *PTJ[:2], namespace, PTJ[2], name, {"spec": {"runPolicy": {"suspend": suspend}}}))
+            group, version, namespace, plural, name, backend.suspend_patch(suspend)))
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch the operator's status fields; returns the CEJ as it is now."""

@@ -26,6 +26,8 @@ STAGE_SECONDS = Histogram("ctxext_stage_duration_seconds",
                           "Wall time of a succeeded stage, first attempt start to success.",
                           buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800))
 PYTORCHJOBS_CREATED = Counter("ctxext_pytorchjobs_created_total", "PyTorchJobs created (one per stage attempt).")
+TRAINJOBS_CREATED = Counter("ctxext_trainjobs_created_total",
+                            "TrainJobs (Kubeflow Trainer v2) created (one per stage attempt).")
 RECONCILE_ERRORS = Counter("ctxext_reconcile_errors_total",
                            "Reconcile passes that failed on an API error (each is retried with a fresh read).")
 ATTEMPTS = Gauge("ctxext_stage_attempts", "The newest stage attempt of each unfinished ContextExtensionJob, by the "

@@ -14,7 +14,8 @@ from ctxext.planner import Plan
 
 #: status fields the operator owns; progress and results belong to the trainer and are never written.
 OPERATOR_FIELDS = ("phase", "stage", "currentStage", "seqLen", "ropeTheta", "loss", "perplexity", "effectiveLength",
-                   "baseline", "stages", "warnings", "conditions", "finalModelPath", "observedGeneration")
+                   "baseline", "stages", "warnings", "conditions", "finalModelPath", "observedGeneration",
+                   "backend")
 NUMERIC_FAULTS = ("NonFiniteGradients", "LossSpikes")
 
 
@@ -42,6 +43,11 @@ class Inputs:
     start_deadline_seconds: float = 900.0
     """A PyTorchJob still Pending/Created this long after it was created (or resumed) gets a plain
     condition saying it has not started (unschedulable pods, an image that cannot be pulled, a missing volume)."""
+    job_kind: str = "PyTorchJob"
+    """Kind of the training jobs this job runs on (PyTorchJob or TrainJob), for messages only: the state
+    machine is the same for both (:mod:`ctxext.controller.backends`)."""
+    backend: str | None = None
+    """status.backend to record: the kind chosen for this job (None: not chosen yet)."""
     blocked: tuple[str, str] | None = None
     """(reason, message) of what keeps the first stage from starting at all, e.g. the trainer
     ServiceAccount missing in the job's namespace; the job fails with it until it is mended."""

@@ -1,5 +1,7 @@
 """What a PyTorchJob says about itself, reduced to what the reconciler needs. Pure.
 
+(A TrainJob is reduced to the same :class:`ObservedJob` by :mod:`ctxext.controller.backends.trainjob_status`.)
+
 Kubeflow's training-operator keeps a list of conditions (Created, Running, Restarting, Suspended,
 Succeeded, Failed); several can be True over time, the terminal ones win. A job without
 conditions has just been created and is ``Pending``.
@@ -51,6 +53,8 @@ class ObservedJob:
     """The secret its trainer signs the stage result with (annotation ctxext.dev/result-key)."""
     steps: int | None = None
     """Total optimizer steps it was created with (annotation; more than planned after a gate retry)."""
+    kind: str = "PyTorchJob"
+    """Its kind: PyTorchJob, or TrainJob (:mod:`ctxext.controller.backends`)."""
 
     @property
     def terminal(self) -> bool:
@@ -108,4 +112,5 @@ def observe(obj: dict[str, Any]) -> ObservedJob:
                        attempt=_int(labels.get(LABEL_ATTEMPT)), state=state, message=message,
                        suspended=bool(run_policy.get("suspend")), learning_rate=lr, finished_at=finished,
                        owner_uid=owner, waiting_since=since,
-                       result_key=(meta.get("annotations") or {}).get(ANNOTATION_RESULT_KEY), steps=steps)
+                       result_key=(meta.get("annotations") or {}).get(ANNOTATION_RESULT_KEY), steps=steps,
+                       kind=str(obj.get("kind") or "PyTorchJob"))

@@ -1,7 +1,7 @@
-"""The reconciler: (spec, plan, status, observed PyTorchJobs, now) → :class:`Decision`. Pure.
+"""The reconciler: (spec, plan, status, observed training jobs, now) → :class:`Decision`. Pure.
 
 Level-based: every pass looks at the whole picture and says what the status should be and which
-PyTorchJobs must exist; running it twice on the same inputs asks for the same (idempotent)
+training jobs (PyTorchJobs or TrainJobs) must exist; running it twice on the same inputs asks for the same (idempotent)
 creations, which the caller turns into a no-op through the deterministic names (409 → adopt).
 The stage state machine itself is in :mod:`ctxext.controller.stages`.
 
@@ -17,6 +17,7 @@ from typing import Any
 
 from ctxext.api.base import API_VERSION, KIND
 from ctxext.api.job import ContextExtensionJob, ContextExtensionJobSpec
+from ctxext.controller.backends.choice import API_MISSING, RUNTIME_MISSING
 from ctxext.controller.identity import TRAINER_IDENTITY_MISSING
 from ctxext.controller.model import (
     DEGRADED,
@@ -40,7 +41,7 @@ from ctxext.planner import Plan, plan_curriculum
 
 #: Failures before any stage ran that a later pass lifts once they are mended (the spec fixed, the
 #: trainer identity created): the job then starts as if it had just been created.
-RECOVERABLE = ("InvalidSpec", TRAINER_IDENTITY_MISSING)
+RECOVERABLE = ("InvalidSpec", TRAINER_IDENTITY_MISSING, API_MISSING, RUNTIME_MISSING)
 NO_CLAIM_WARNING = ("spec.checkpoint.claimName is not set: checkpoints live in an emptyDir, which only works "
                     "with the local executor; set a PersistentVolumeClaim on a cluster")
 
@@ -129,13 +130,15 @@ def reconcile(inp: Inputs) -> Decision:
     out: dict[str, Any] = {k: status.get(k) for k in OPERATOR_FIELDS}
     stages = [dict(s) for s in status.get("stages") or []]
     started = any(int(s.get("attempts") or 0) > 0 for s in stages)
-    invalid_failure = ((_condition(status, FAILED) or {}).get("reason") in RECOVERABLE) and not started
+    invalid_failure = recoverable_failure(status)
     terminal = status.get("phase") in ("Succeeded", "Failed") and not invalid_failure
     if terminal and status.get("conditions"):  # finished for good: an edit changes nothing, so nothing is observed
         d.status = out
         return d
     conds = Conditions(status.get("conditions"), now=format_time(inp.now), generation=inp.generation)
     out["observedGeneration"] = inp.generation
+    if inp.backend:
+        out["backend"] = inp.backend
     old_phase = status.get("phase")
 
     if inp.plan is None:
@@ -236,6 +239,18 @@ def reconcile(inp: Inputs) -> Decision:
     out["conditions"] = conds.to_list()
     d.status = out
     return d
+
+
+def recoverable_failure(status: dict[str, Any]) -> bool:
+    """True for a job Failed before any stage ran by something a later pass lifts once mended
+    (:data:`RECOVERABLE`): it is still reconciled, and resynced, while it waits.
+
+    >>> recoverable_failure({"phase": "Failed", "conditions": [{"type": "Failed", "status": "True",
+    ...                      "reason": "TrainingApiMissing"}], "stages": [{"attempts": 0}]})
+    True
+    """
+    started = any(int(s.get("attempts") or 0) > 0 for s in status.get("stages") or [] if isinstance(s, dict))
+    return ((_condition(status, FAILED) or {}).get("reason") in RECOVERABLE) and not started
 
 
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:

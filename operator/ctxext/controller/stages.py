@@ -2,10 +2,10 @@
 
 State kept in ``status.stages[i]`` (camelCase): ``attempts`` is the newest attempt created;
 ``nextAttemptTime`` set means that attempt failed and attempt ``attempts + 1`` starts then. Anything
-the status may have missed (an operator killed between creating a PyTorchJob and writing status)
-is re-derived from the PyTorchJobs themselves: the highest attempt found wins.
+the status may have missed (an operator killed between creating a training job and writing status)
+is re-derived from the training jobs (PyTorchJobs or TrainJobs) themselves: the highest attempt found wins.
 
-Only PyTorchJobs whose controlling owner is this ContextExtensionJob (by UID) count: a same-named
+Only training jobs whose controlling owner is this ContextExtensionJob (by UID) count: a same-named
 predecessor's jobs awaiting garbage collection, or ones made by ``ctxext render``, are never adopted;
 while one holds the name of the next attempt, nothing is created and the stage says why.
 
@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ctxext.api.job import ContextExtensionJobSpec
+from ctxext.controller.builder import LABEL_ATTEMPT, LABEL_JOB, LABEL_STAGE
 from ctxext.controller.model import (
     CreateJob,
     Decision,
@@ -62,7 +63,7 @@ class StagePass:
         self.degraded: str | None = None
         self.degraded_reason = "Retrying"
         self.queued: str | None = None  # why the current stage waits for Kueue
-        self.active = False  # the current stage has a PyTorchJob that has not finished
+        self.active = False  # the current stage has a training job that has not finished
         self.foreign = {j.name: j for j in inp.jobs if j.owner_uid != inp.uid}
         self.baseline: dict[str, Any] | None = None
         """status.baseline (the base model's evaluation job), when the gates need one."""
@@ -105,7 +106,7 @@ class StagePass:
     def _create(self, s: dict[str, Any], attempt: int, lr: float | None, steps: int | None = None) -> None:
         name = pytorchjob_name(self.inp.name, s["index"], attempt)
         if name in self.foreign:  # never adopt it: wait until it is deleted (its deletion starts a pass)
-            s["message"] = (f"{self._label(s)} attempt {attempt} waits: PyTorchJob {name} already exists but "
+            s["message"] = (f"{self._label(s)} attempt {attempt} waits: {self.inp.job_kind} {name} already exists but "
                             "belongs to another ContextExtensionJob (a deleted one of the same name) or to none "
                             "(made by `ctxext render`); delete it to go on")
             self.degraded, self.degraded_reason = s["message"], "NameTaken"
@@ -116,11 +117,11 @@ class StagePass:
             s["steps"] = steps
         s.setdefault("startTime", self.now)
         self._phase(s, "Running")
-        s["message"] = f"{self._label(s)} attempt {attempt} started (PyTorchJob {name})"
+        s["message"] = f"{self._label(s)} attempt {attempt} started ({self.inp.job_kind} {name})"
         self._event("Normal", "StageStarted", s["message"])
         if self.spec.scheduling.queue_name and not self.spec.suspend:  # created suspended: Kueue admits it
             self._phase(s, "Queued")
-            s["message"] = self.queued = (f"{self._label(s)} attempt {attempt} is queued: PyTorchJob {name} "
+            s["message"] = self.queued = (f"{self._label(s)} attempt {attempt} is queued: {self.inp.job_kind} {name} "
                                           f"waits for admission by Kueue LocalQueue {self.spec.scheduling.queue_name}")
         if attempt > 1 and self.degraded is None:
             self.degraded = f"{self._label(s)} is on attempt {attempt}"
@@ -167,7 +168,7 @@ class StagePass:
         result = self.results.get(s["jobName"])
         state = job.state if job else (result.get("status") if isinstance(result, dict) else None)
         if state is None:  # gone without a result (deleted, or a TTL of 0): a failed attempt
-            return self._failed(s, f"PyTorchJob {s['jobName']} was deleted before it reported a result", None,
+            return self._failed(s, f"{self.inp.job_kind} {s['jobName']} was deleted before it reported a result", None,
                                 None, None)
         if state == "Succeeded" and isinstance(result, dict) and result.get("status") == "Failed":
             state = "Failed"  # the pod exited 0 but the trainer says the stage failed: believe the trainer
@@ -185,18 +186,18 @@ class StagePass:
         return WAIT
 
     def _watch(self, s: dict[str, Any], job: ObservedJob) -> None:
-        """A PyTorchJob that has not finished: suspend it if asked (never resume one that a queue holds),
+        """A training job that has not finished: suspend it if asked (never resume one that a queue holds),
         show it as queued while Kueue holds it, and say so when it does not start in time."""
         queue, label = self.spec.scheduling.queue_name, self._label(s)
         if job.suspended != self.spec.suspend and (self.spec.suspend or not queue):
             self.d.suspends.append(SetSuspend(job.name, self.spec.suspend))
         if job.suspended and not self.spec.suspend and queue:
             self._phase(s, "Queued")
-            s["message"] = self.queued = (f"{label} attempt {s['attempts']} is queued: PyTorchJob {job.name} "
+            s["message"] = self.queued = (f"{label} attempt {s['attempts']} is queued: {job.kind} {job.name} "
                                           f"waits for admission by Kueue LocalQueue {queue}")
             return
         self._phase(s, "Running")
-        s["message"] = f"{label} attempt {s['attempts']}: PyTorchJob {job.name} is {job.state}"
+        s["message"] = f"{label} attempt {s['attempts']}: {job.kind} {job.name} is {job.state}"
         if job.state not in ("Pending", "Created") or job.suspended or job.waiting_since is None:
             return
         deadline = job.waiting_since + timedelta(seconds=self.inp.start_deadline_seconds)
@@ -204,10 +205,10 @@ class StagePass:
             self.d.wake(deadline)
             return
         waited = int((self.inp.now - job.waiting_since).total_seconds())
-        s["message"] = (f"{label} attempt {s['attempts']}: PyTorchJob {job.name} has not started running "
+        s["message"] = (f"{label} attempt {s['attempts']}: {job.kind} {job.name} has not started running "
                         f"{waited} s after it was created (it is {job.state}): its pods may be unschedulable, "
                         f"unable to pull the image or waiting for a volume; see `kubectl describe pods -l "
-                        f"training.kubeflow.org/job-name={job.name}`")
+                        f"{LABEL_JOB}={self.inp.name},{LABEL_STAGE}={job.stage},{LABEL_ATTEMPT}={job.attempt}`")
         self.degraded, self.degraded_reason = s["message"], "NotStarted"
 
     def _succeeded(self, s: dict[str, Any], result: Any, finished: Any) -> str:
@@ -215,7 +216,7 @@ class StagePass:
         if not isinstance(result, dict):
             deadline = (finished or self.inp.now) + timedelta(seconds=self.inp.result_grace_seconds)
             if deadline > self.inp.now:
-                s["message"] = f"{label}: PyTorchJob {s['jobName']} succeeded; waiting for its stage result"
+                s["message"] = f"{label}: {self.inp.job_kind} {s['jobName']} succeeded; waiting for its stage result"
                 self.d.wake(deadline)
                 return WAIT
             result = None

@@ -82,3 +82,22 @@ def get_backend(name: str) -> Backend:
         return BACKENDS[name.strip().lower()]
     except KeyError:
         raise SpecError([("--backend", f"unknown backend {name!r}; choose {' or '.join(sorted(BACKENDS))}")]) from None
+
+
+def by_kind(kind: str | None) -> Backend:
+    """The backend whose objects are of ``kind`` (``PyTorchJob`` or ``TrainJob``); PyTorchJob for None.
+
+    >>> by_kind("TrainJob").name, by_kind(None).name
+    ('trainjob', 'pytorchjob')
+    """
+    for backend in BACKENDS.values():
+        if backend.kind == kind:
+            return backend
+    if kind is None:
+        return BACKENDS[DEFAULT_BACKEND]
+    raise KeyError(f"no backend for kind {kind!r}")
+
+
+def observe_job(obj: dict[str, Any]) -> ObservedJob:
+    """Reduce a PyTorchJob or a TrainJob (by its ``kind``) to an :class:`ObservedJob`."""
+    return by_kind(obj.get("kind")).observe(obj)

@@ -45,7 +45,7 @@ from ctxext.controller.builder import build_pytorchjob
 from ctxext.controller.observe import ObservedJob
 from ctxext.errors import SpecError
 from ctxext.planner import Plan
-from ctxext.stage_config import TRAINJOB_ENV_VAR
+from ctxext.stage_config import CREDENTIALS_DIR, CREDENTIALS_ENV_VAR, TRAINJOB_ENV_VAR
 
 GROUP = "trainer.kubeflow.org"
 VERSION = "v1alpha1"
@@ -59,6 +59,8 @@ NODE = "node"
 PATCH_MANAGER = "ctxext.dev/operator"
 #: Variables the torch plugin injects and refuses from a TrainJob (``constants.TorchRunReservedEnvNames``).
 RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+#: Volume of the model credentials Secret (``spec.model.credentialsSecretRef``), mounted as files.
+CREDENTIALS_VOLUME = "ctxext-credentials"
 #: The image pull policy Kubernetes gives a container without one (for tags other than ``latest``).
 DEFAULT_PULL_POLICY = "IfNotPresent"
 
@@ -87,10 +89,6 @@ def _problems(job: ContextExtensionJob, pod: dict[str, Any], container: dict[str
     """What this TrainJob cannot carry, each as (manifest field, plain words)."""
     spec = job.spec
     out: list[tuple[str, str]] = [_POD_REFUSED[key] for key in _POD_REFUSED if key in pod]
-    if container.get("envFrom"):
-        out.append(("spec.model.credentialsSecretRef",
-                    "a TrainJob cannot pass a Secret's keys as environment variables (Trainer's runtime "
-                    "patches do not allow envFrom); use the pytorchjob backend for now"))
     out += [(f"spec.env[{i}].name", f"{e.name} is set by Kubeflow Trainer's torch plugin, which refuses a "
              "TrainJob that sets it") for i, e in enumerate(spec.env) if e.name in RESERVED_ENV]
     if spec.run_policy.ttl_seconds_after_finished is not None:
@@ -115,6 +113,19 @@ def _problems(job: ContextExtensionJob, pod: dict[str, Any], container: dict[str
     return out
 
 
+def _credentials_as_files(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    """Trainer's runtime patches allow no ``envFrom``: mount the credentials Secret read-only as files instead
+    (never its values in the TrainJob), and tell the trainer where (``ctxext_trainer.launch`` exports each key
+    as an environment variable before it starts the workers, as envFrom would have)."""
+    for source in container.pop("envFrom", None) or []:
+        secret = source["secretRef"]["name"]
+        pod["volumes"] = [*pod.get("volumes", []), {"name": CREDENTIALS_VOLUME, "secret": {
+            "secretName": secret, "defaultMode": 0o440}}]  # group-readable: fsGroup is the trainer's uid
+        container["volumeMounts"] = [*container.get("volumeMounts", []), {
+            "name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True}]
+        container["env"] = [*container["env"], {"name": CREDENTIALS_ENV_VAR, "value": CREDENTIALS_DIR}]
+
+
 def build_trainjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt: int = 1,
                    learning_rate: float | None = None, config: OperatorConfig | None = None,
                    suspend: bool | None = None, steps: int | None = None,
@@ -131,6 +142,7 @@ def build_trainjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt:
     run_policy = ptj["spec"]["runPolicy"]
     if problems := _problems(job, pod, container, run_policy):
         raise SpecError(problems)
+    _credentials_as_files(pod, container)
 
     trainer: dict[str, Any] = {
         "image": container["image"], "command": list(container["command"]),
