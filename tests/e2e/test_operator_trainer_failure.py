@@ -38,7 +38,7 @@ def manifest() -> dict:
     return obj
 
 
-def test_unsupported_model_reaches_status_and_is_not_retried(k8s_api, tmp_path):
+def test_unsupported_model_reaches_status_and_is_not_retried(k8s_api, tmp_path, backend):
     from ctxext_trainer.tiny.model import new_tiny_model, save_tiny
 
     root = tmp_path / "root"
@@ -49,10 +49,11 @@ def test_unsupported_model_reaches_status_and_is_not_retried(k8s_api, tmp_path):
     cfg["rope_parameters"] = {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0}
     (base / "config.json").write_text(json.dumps(cfg))
     config.load_kube_config(config_file=k8s_api)
-    cluster = Cluster(client.CustomObjectsApi(), NS)
-    operator = OperatorProcess(k8s_api, tmp_path / "operator.log").start()
+    ns = f"{NS}-{backend}"
+    cluster = Cluster(client.CustomObjectsApi(), ns, backend)
+    operator = OperatorProcess(k8s_api, tmp_path / "operator.log", backend).start()
     env = {**os.environ, "KUBECONFIG": k8s_api, "OMP_NUM_THREADS": "1"}
-    executor = Proc(["local-executor", "--root", str(root), "-n", NS, "--poll", "0.5"],
+    executor = Proc(["local-executor", "--root", str(root), "-n", ns, "--poll", "0.5"],
                     tmp_path / "executor.log", env).start()
     try:
         cluster.create(manifest())
@@ -66,7 +67,11 @@ def test_unsupported_model_reaches_status_and_is_not_retried(k8s_api, tmp_path):
     assert failed["reason"] == "UnsupportedModel", failed
     assert failed["message"].startswith("stage 1/1 attempt 1 failed: the base model's RoPE type 'dynamic' cannot be")
     assert failed["message"].endswith("; retrying cannot help")
-    assert sorted(cluster.pytorchjobs(NAME)) == [f"{NAME}-s1-a1"]  # no retry was created
+    assert sorted(cluster.jobs(NAME)) == [f"{NAME}-s1-a1"]  # no retry was created
     result = status["results"][f"{NAME}-s1-a1"]
     assert (result["status"], result["reasonCode"], result["stage"], result["attempt"]) == (
         "Failed", "UnsupportedModel", 1, 1)
+    if backend == "trainjob":  # torch-distributed's Job backoffLimit (6) restarted the node: each restart left at once
+        node_logs = "".join(p.read_text(errors="replace") for p in (root / ".executor" / "logs").rglob("*.log"))
+        assert node_logs.count("the base model's RoPE type 'dynamic' cannot be") == 1  # the stage ran once
+        assert node_logs.count("attempt dynamic-rope-s1-a1 already ended: Failed (UnsupportedModel)") >= 1

@@ -14,7 +14,8 @@ MODULES = ["ctxext_trainer.rope", "ctxext_trainer.data.packing", "ctxext_trainer
            "ctxext_trainer.zigzag", "ctxext_trainer.ring_kernels", "ctxext_trainer.sequence_parallel",
            "ctxext_trainer.speed", "ctxext_trainer.fused_ce", "ctxext_trainer.export",
            "ctxext_trainer.resume_check", "ctxext_trainer.checkpoint", "ctxext_trainer.data.token_cache",
-           "ctxext_trainer.trainjob_status", "ctxext_trainer.credentials"]
+           "ctxext_trainer.trainjob_status", "ctxext_trainer.credentials",
+           "ctxext_trainer.attempt_end"]
 
 
 @pytest.mark.parametrize("name", MODULES)

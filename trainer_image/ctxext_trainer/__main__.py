@@ -12,8 +12,8 @@ import os
 import sys
 
 from ctxext.errors import SpecError
-from ctxext.stage_config import ENV_VAR, load_stage_config, read_stage_config
-from ctxext_trainer import exit_codes
+from ctxext.stage_config import ENV_VAR, TRAINJOB_ENV_VAR, load_stage_config, read_stage_config
+from ctxext_trainer import attempt_end, exit_codes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exit_codes.BAD_CONFIG
+    if os.environ.get(TRAINJOB_ENV_VAR) and (done := attempt_end.check(config.output_dir, config.job_name)):
+        print(f"ctxext: {done[1]}", file=sys.stderr, flush=True)
+        return done[0]
     from ctxext_trainer.stage import run_stage  # imports torch / deepspeed
 
     return run_stage(config)
