@@ -3,8 +3,9 @@
 Runs the real trainer stage (``gpu_throughput.trainer_stage``: torchrun + ``-m ctxext_trainer``, the
 random ~1B Llama, bf16) at ``--seq-len`` once per ``--variants`` (``default``: one rank's ZeRO 1 with
 the planner's selective checkpointing for this card; ``zero3``: ZeRO 3 on one rank, every layer
-recomputed, so DeepSpeed's reduce bucket and the lm_head gather of :func:`ctxext.memory.deepspeed_buffer_bytes`
-are in play), and with 2+ GPUs once as a ring over all of them (``gpu_sp_check.run_stage``, ring n,
+recomputed, so DeepSpeed's ZeRO-3 terms of :func:`ctxext.memory.deepspeed_terms` — reduce bucket,
+live parameters, the head's full gradient — are in play), and with 2+ GPUs once as a ring over all
+of them (``gpu_sp_check.run_stage``, ring n,
 ZeRO 1, the ring's fp32 buffers of :func:`ctxext.memory.ring_attention_bytes`) at ``seq-len × n``.
 Each row: the peak ``torch.cuda.max_memory_allocated`` of the steps (train_log.jsonl), the estimate
 :func:`ctxext.memory.estimate_memory` for the same stage, without and with its runtime overhead

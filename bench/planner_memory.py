@@ -133,18 +133,29 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def estimate(seq_len: int, zero: int, checkpointing: bool) -> Any:
-    from ctxext.api.spec import ModelArchitecture
     from ctxext.memory import estimate_memory
+
+    return estimate_memory(_tiny_arch(), seq_len=seq_len, batch_size=1, world_size=WORLD, sequence_parallel=1,
+                           zero_stage=zero, activation_checkpointing=checkpointing, on_gpu=False)
+
+
+def ds_terms(zero: int) -> dict[str, float]:
+    """:func:`ctxext.memory.deepspeed_terms` of the tiny model on CPU at ``zero`` (bytes)."""
+    from ctxext.memory import deepspeed_terms
+
+    return deepspeed_terms(_tiny_arch(), zero_stage=zero, on_gpu=False, world_size=WORLD, weight_bytes=4)
+
+
+def _tiny_arch() -> Any:
+    from ctxext.api.spec import ModelArchitecture
     from ctxext_trainer.tiny.model import TINY_SHAPE
 
-    arch = ModelArchitecture(num_layers=TINY_SHAPE["num_hidden_layers"], hidden_size=TINY_SHAPE["hidden_size"],
+    return ModelArchitecture(num_layers=TINY_SHAPE["num_hidden_layers"], hidden_size=TINY_SHAPE["hidden_size"],
                              intermediate_size=TINY_SHAPE["intermediate_size"],
                              num_attention_heads=TINY_SHAPE["num_attention_heads"],
                              num_key_value_heads=TINY_SHAPE["num_key_value_heads"],
                              vocab_size=TINY_SHAPE["vocab_size"],
                              tie_word_embeddings=TINY_SHAPE["tie_word_embeddings"])
-    return estimate_memory(arch, seq_len=seq_len, batch_size=1, world_size=WORLD, sequence_parallel=1,
-                           zero_stage=zero, activation_checkpointing=checkpointing, on_gpu=False)
 
 
 def run_zero_stage(model: str, workdir: Path, zero: int, lengths: list[int], ckpts: list[str], steps: int,
@@ -221,6 +232,23 @@ def main() -> int:
                    "meas peak GiB", "ratio", "step s"], rows,
                   title=f"planner_memory: tiny model, CPU fp32, {WORLD} ranks (gloo), batch 1; ratio = estimate / "
                         "measured")
+    pivot = []
+    for ckpt in ckpts:
+        for n in lengths:
+            row: list[Any] = [n, ckpt]
+            for zero in zeros:
+                cell = next(c for c in cells if (c["seq_len"], c["zero"], c["checkpointing"]) == (n, zero, ckpt))
+                growth, peak = cell.get("ratio_without_overhead") or 0, cell.get("ratio_total_vs_peak") or 0
+                row.append(f"{growth:.2f} / {peak:.2f}")
+            pivot.append(row)
+    h.print_table(["seqLen", "ckpt", *(f"ZeRO {z} growth / peak" for z in zeros)], pivot,
+                  title="estimate / measured per ZeRO stage, side by side (>= 1: the estimate covers the measurement)")
+    for zero in zeros:
+        mine = [c for c in cells if c["zero"] == zero and "error" not in c]
+        if mine:
+            growth = [c["ratio_without_overhead"] for c in mine]
+            print(f"ZeRO {zero}: growth ratio {min(growth):.2f}–{max(growth):.2f}; DeepSpeed terms (MiB) "
+                  + ", ".join(f"{k} {v / MIB:.2f}" for k, v in ds_terms(zero).items()), flush=True)
     h.emit_json("planner_memory", {"world_size": WORLD, "steps": args.steps, "model": "tiny (ctxext_trainer.tiny)",
                                    "measured_with": "trainer code path: load_causal_lm + CausalLMTrainModule + "
                                                     "build_engine (DeepSpeed, torch AdamW); no guard/metrics",

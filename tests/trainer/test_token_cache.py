@@ -118,3 +118,30 @@ def test_two_ranks_share_one_cache_and_the_retry_reuses_it(tiny_model: Path, cor
     assert (cache / "meta.json").read_text() == meta_before  # mapped, not rebuilt
     assert (cache / "tokens.u32").stat().st_ino == stat_before.st_ino
     assert [p.name for p in (out / "token-cache").iterdir() if p.is_dir()] == [cache.name]
+
+
+@pytest.mark.distributed
+def test_two_rank_baseline_evaluation_builds_the_cache_once_and_stage_1_trains_on_it(
+        tiny_model: Path, corpus: Path, tmp_path: Path) -> None:
+    """The base model's evaluation runs first, on stage 1's two ranks: one of them tokenizes the corpus
+    into stage 1's cache, both evaluate from it; stage 1 then maps it (no second tokenization)."""
+    job = tmp_path / "job"
+    common = dict(seq_len=160, original_context_length=128, eval_lengths=[128, 160],
+                  data={"source": f"file://{corpus}", "seed": 7, "validationFraction": 0.3})
+    baseline = stage_config(tiny_model, corpus, job / "baseline", stage=0, steps=0, evaluate_only=True,
+                            rope_theta=10000.0, evaluation={"enabled": True, "tasks": ["perplexity"],
+                                                             "samplesPerCell": 2}, **common)
+    first = run_trainer(baseline, nproc=2)
+    assert isinstance(first, subprocess.CompletedProcess)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert not (job / "baseline" / "token-cache").exists()
+    (cache,) = (p for p in (job / "stage-1" / "token-cache").iterdir() if p.is_dir())  # no second build's leftovers
+    assert sorted(p.name for p in cache.parent.iterdir()) == [cache.name, f"{cache.name}.lock"]
+    assert ":" in json.loads((cache / "meta.json").read_text())["builtBy"]  # one process (host:pid) tokenized
+    meta, inode = (cache / "meta.json").read_text(), (cache / "tokens.u32").stat().st_ino
+    evaluation = json.loads((job / "baseline" / "result.json").read_text())["evaluation"]
+    assert set(evaluation["perplexity"]) == {"128", "160"} and "notes" not in evaluation
+    stage1 = run_trainer(stage_config(tiny_model, corpus, job / "stage-1", zero_stage=2, steps=2, **common), nproc=2)
+    assert isinstance(stage1, subprocess.CompletedProcess)
+    assert stage1.returncode == 0, stage1.stdout[-3000:] + stage1.stderr[-3000:]
+    assert (cache / "meta.json").read_text() == meta and (cache / "tokens.u32").stat().st_ino == inode

@@ -1,4 +1,4 @@
-"""The planner's buffer terms (ring attention, DeepSpeed buckets, ZeRO-3 lm_head gather) and its
+"""The planner's buffer terms (ring attention; DeepSpeed's in test_memory_terms.py) and its
 evaluation memory: worked numbers, and a plan refused in plain words when evaluation does not fit."""
 
 from __future__ import annotations
@@ -8,13 +8,12 @@ import pytest
 from ctxext.api.spec import ModelArchitecture
 from ctxext.errors import SpecError
 from ctxext.eval_memory import EVAL_LOSS_CHUNK, EVAL_TOKENS_PER_BATCH, PREFILL_CHUNK, estimate_eval_memory
-from ctxext.memory import GIB, deepspeed_buffer_bytes, estimate_memory, ring_attention_bytes
+from ctxext.memory import GIB, estimate_memory, ring_attention_bytes
 from tests.unit.helpers import example, with_path
 from tests.unit.test_planner import plan_of
 
 LLAMA3_8B = ModelArchitecture(num_layers=32, hidden_size=4096, intermediate_size=14336, num_attention_heads=32,
                               num_key_value_heads=8, vocab_size=128256)
-PSI = 8_030_261_248
 
 
 def test_ring_terms_at_1m_with_ulysses_8_ring_4():
@@ -31,18 +30,6 @@ def test_ring_terms_at_1m_with_ulysses_8_ring_4():
     assert ring_attention_bytes(LLAMA3_8B, tokens=32768, ring=4, saved_layers=32, act_bytes=2)[0] == 32 * saved
 
 
-def test_deepspeed_buffers_by_zero_stage():
-    def gib(zero: int, gpu: bool = True) -> float:
-        return deepspeed_buffer_bytes(LLAMA3_8B, PSI, zero_stage=zero, on_gpu=gpu, weight_bytes=2 if gpu else 4) / GIB
-
-    assert gib(0) == 0 and gib(1) == 0  # ZeRO 1 on GPU: the bf16 optimizer, counted with the gradients
-    assert gib(2) == pytest.approx(2 * 5e8 * 2 / GIB)  # two bf16 buckets (overlap_comm)
-    assert gib(3) == pytest.approx((5e8 * 2 + 2 * 128256 * 4096 * 2) / GIB)  # bucket + lm_head weight and grad
-    assert gib(3) == pytest.approx(2.89, abs=0.01)
-    tiny = deepspeed_buffer_bytes(LLAMA3_8B, 1_000_000, zero_stage=2, on_gpu=False, weight_bytes=4)
-    assert tiny == 1_000_000 * 4  # on CPU only the pages a small model fills
-
-
 def test_estimate_counts_the_new_terms_only_where_they_apply():
     kw = dict(seq_len=1048576, batch_size=1, world_size=64, sequence_parallel=32, activation_checkpointing=True,
               on_gpu=True)
@@ -51,7 +38,7 @@ def test_estimate_counts_the_new_terms_only_where_they_apply():
     assert ulysses.attention == 0 and ring.attention == pytest.approx((0.504 + 3.125) * 1.1, abs=0.01)
     assert ring.total - ulysses.total == pytest.approx(ring.attention)
     assert estimate_memory(LLAMA3_8B, zero_stage=0, **kw).buffers == 0
-    assert ring.buffers == pytest.approx(2.89, abs=0.01)
+    assert ring.buffers == pytest.approx(4.84, abs=0.01)  # tests/unit/test_memory_terms.py
 
 
 def test_eval_constants_are_the_trainers():

@@ -4,8 +4,9 @@ checkpointing, the SDPA backend order, and what actually ran (for the log and th
 * **ZeRO on one rank.** ZeRO partitions model states over ranks; with one rank there is nothing to
   partition, and ZeRO-2/3 still pay for it (ZeRO-3: a gather/release hook around every module,
   parameter prefetch bookkeeping; ZeRO-2: gradient buckets copied into a flat partition). A
-  single-rank stage therefore runs ZeRO-1 — DeepSpeed's bf16 optimizer (fp32 master weights and
-  gradient accumulation), no partitioning — whatever the spec asked for
+  single-rank stage therefore runs ZeRO-1 — DeepSpeed's ZeRO optimizer (fp32 master weights, bf16
+  gradients: DeepSpeed picks its bf16 optimizer only with ``grad_accum_dtype`` fp32, which the
+  trainer sets at ZeRO 2–3), no partitioning — whatever the spec asked for
   (``CTXEXT_SINGLE_RANK_ZERO_STAGE`` overrides, e.g. 0 or 3 to compare).
 * **Selective checkpointing.** The planner picks how many decoder layers recompute
   (``checkpointed_layers``); they are spread evenly over the depth and the others keep their

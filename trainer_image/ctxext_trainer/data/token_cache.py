@@ -14,6 +14,19 @@ cache; the other ranks wait on the lock (``fcntl.flock`` on ``<key>.lock``), the
 read-only. The operating system's page cache holds one copy of the tokens per node, whatever the
 number of ranks: 4 B per token plus 9 B per document, against 49 B per token per rank before.
 
+Evaluation reads the same cache (:mod:`ctxext_trainer.eval.corpus`): needle haystacks decoded from
+its first tokens, perplexity on its held-out documents, so a stage's corpus is read and tokenized
+once for training and evaluation together. The base model's evaluation before stage 1 (stage
+config ``evaluate_only``, output directory ``<job>/baseline``) runs on stage 1's processes with
+stage 1's corpus and tokenizer, so its cache is stage 1's (:func:`cache_root`): whichever runs first
+builds it, the other maps it.
+
+**The split** is one boolean per document, ``train.npy``, drawn once at build time (``held_out``:
+a seeded draw per document index, probability ``validationFraction``). Training streams the
+documents ``i`` with ``train[i]`` (:meth:`TokenCorpus.training`), evaluation's perplexity the token
+spans ``tokens[offsets[i]:offsets[i+1]]`` with ``not train[i]`` (:meth:`TokenCorpus.held_out`): two
+complementary index sets of one array, so no token is in both.
+
 ``<key>`` hashes what the tokens depend on: the corpus files (path, size, mtime), ``data.format``,
 ``data.textField``, the validation split (``validationFraction``, ``seed``: the same split as
 :func:`ctxext_trainer.data.augment.split_documents`), the tokenizer's files and a format version.
@@ -91,6 +104,11 @@ class TokenCorpus:
         """The training documents, empty ones left out (as :func:`build_stage_data` always did)."""
         nonempty = self.offsets[1:] > self.offsets[:-1]
         return DocumentTokens(self.tokens, self.offsets, np.flatnonzero(self.train & nonempty))
+
+    def held_out(self) -> DocumentTokens:
+        """The validation documents (never in :meth:`training`), empty ones left out."""
+        nonempty = self.offsets[1:] > self.offsets[:-1]
+        return DocumentTokens(self.tokens, self.offsets, np.flatnonzero(~self.train & nonempty))
 
 
 def held_out(index: int, fraction: float, seed: int) -> bool:
@@ -196,14 +214,36 @@ def open_or_build(root: Path, key: str, documents: Any, encode: Any, *, validati
         return _open(final, built=True)
 
 
+BASELINE_DIR, FIRST_STAGE_DIR = "baseline", "stage-1"
+"""The directory names of the base model's evaluation and of stage 1 under the job's directory, on
+both paths (``ctxext.controller.paths.stage_output_dir``, ``ctxext.local_run.layout``)."""
+
+
+def cache_root(config: Any) -> Path:
+    """Where a stage config's token caches live: ``$CTXEXT_TOKEN_CACHE``, else ``<output_dir>/token-cache``;
+    for the base model's evaluation (``evaluate_only`` in ``<job>/baseline``) stage 1's, ``<job>/stage-1/token-cache``.
+
+    >>> from types import SimpleNamespace as C
+    >>> str(cache_root(C(output_dir="/ckpt/ns/j/stage-2", evaluate_only=False)))
+    '/ckpt/ns/j/stage-2/token-cache'
+    >>> str(cache_root(C(output_dir="/ckpt/ns/j/baseline", evaluate_only=True)))
+    '/ckpt/ns/j/stage-1/token-cache'
+    """
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    out = Path(config.output_dir)
+    if getattr(config, "evaluate_only", False) and out.name == BASELINE_DIR:
+        out = out.parent / FIRST_STAGE_DIR
+    return out / "token-cache"
+
+
 def stage_token_corpus(config: Any, tokenizer: Any, tokenizer_dir: Path) -> TokenCorpus:
-    """The token cache of a stage config's corpus (``$CTXEXT_TOKEN_CACHE`` or ``<output_dir>/token-cache``)."""
+    """The token cache of a stage config's corpus (in :func:`cache_root`), built if it is not there."""
     data = config.data
     fmt, field = str(data.format), data.text_field
     key = cache_key(data.source, fmt=fmt, text_field=field, validation_fraction=data.validation_fraction,
                     seed=data.seed, tokenizer_dir=tokenizer_dir)
-    root = Path(os.environ.get(CACHE_ENV) or Path(config.output_dir) / "token-cache")
-    corpus = open_or_build(root, key, lambda: _documents(data.source, fmt, field), tokenizer.encode,
+    corpus = open_or_build(cache_root(config), key, lambda: _documents(data.source, fmt, field), tokenizer.encode,
                            validation_fraction=data.validation_fraction, seed=data.seed)
     if corpus.meta["documents"] == 0:
         from ctxext_trainer.data.sources import DataSourceError

@@ -1,97 +1,91 @@
-"""Evaluation's corpus text, read in the bounded amount evaluation uses (issue 25 item 6).
+"""Evaluation's corpus, taken from the stage's token cache (issue 25 item 6).
 
-Stage evaluation runs on every rank. It used to load every document of the corpus as text and
-split off the validation documents (``load_documents`` + ``split_documents``): for a 1B-token
-corpus, gigabytes of Python strings per rank, only to draw a few haystacks and perplexity
-sequences. Evaluation uses at most ``count × longest`` tokens of perplexity text (``packed_sequences``)
-and haystacks of at most ``longest`` tokens each; so each rank now streams the corpus in its
-deterministic order and keeps a prefix of at most ``max_chars`` characters of documents (the needle
-haystack) and ``max_chars`` of held-out documents (perplexity), where::
+Stage evaluation runs on every rank. It used to read the corpus as text (first the whole corpus,
+then a bounded prefix) and tokenize its perplexity text itself, and it scanned the whole corpus
+for held-out documents when ``validationFraction`` was small. Now it maps the token cache the
+stage's training built (:mod:`ctxext_trainer.data.token_cache`; built by whichever process comes
+first, e.g. the base model's evaluation before stage 1) and reads no corpus file:
 
-    max_chars = max(MIN_CHARS, CHARS_PER_TOKEN · longest length · (samples per cell + 1))
+* **perplexity** packs the held-out documents' tokens, ``tokens[offsets[i]:offsets[i+1]]`` for
+  each document with ``train[i]`` False, each followed by ``eos`` (:meth:`TokenCorpus.held_out`,
+  the complement of what training streams: no token is in both). Nothing is tokenized; only the
+  ``samplesPerCell × longest`` tokens used are copied out of the map.
+* **needle haystacks** (only when a corpus task — needle, multiKeyNiah, multiValueNiah,
+  variableTracking — is evaluated) need sentences, since a fact lands on a sentence boundary: the
+  first ``budget`` tokens of the cache, document by document, are decoded back to text::
 
-``CHARS_PER_TOKEN`` = 8 covers English BPE (about 4 characters per token) with margin, and the byte
-tokenizer (1). ``MIN_CHARS`` (2 MiB) keeps small corpora whole, so the needle haystacks, which start
-at a seeded sentence of all the sentences read, stay those of the whole corpus for the shipped tiny
-corpus (1.4 MB): its evaluation results are unchanged. Documents are classified with the same
-seeded draw as ``split_documents`` (and the token cache), so the texts kept are a prefix of what
-the full read gave. A text file larger than the
-bound is read only up to it; Parquet is read in record batches. Reading stops as soon as both
-prefixes are full and a training document has been seen (``split_documents`` keeps the first
-document for training when all are held out); with a small ``validationFraction`` the held-out
-prefix may need a longer read, but only the kept documents stay in memory.
+      budget = max(MIN_TOKENS, longest length · (samples per cell + 1))
 
->>> eval_char_budget([128, 256], samples_per_cell=3)  # the floor
-2097152
->>> eval_char_budget([1_048_576], samples_per_cell=4)  # 40 MiB of text at 1M tokens
-41943040
+  ``MIN_TOKENS`` (256 Ki tokens) gives short evaluations sentences from many documents; each
+  sample's haystack (at most ``longest`` tokens) starts at a seeded sentence and runs on. Decoding
+  is exact for the byte tokenizer and Llama-3's byte-level BPE. Only the sentences a haystack uses
+  are tokenized (one by one, as before). Before, evaluation kept up to 2 MiB of text: for a
+  corpus under 256 Ki tokens the haystacks are unchanged, for larger ones they start in a shorter
+  prefix. passkey (the classic filler) and perplexity decode nothing.
+
+When the split holds no document back (``validationFraction`` 0, or a one-document corpus)
+perplexity is measured on the training documents and the evaluation says so in a note.
+
+>>> eval_token_budget([128, 256], samples_per_cell=3)  # the floor
+262144
+>>> eval_token_budget([1_048_576], samples_per_cell=4)  # 5 Mi tokens of haystack at 1M
+5242880
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ctxext_trainer.data.sources import _kind, corpus_files, read_documents, resolve_source
-from ctxext_trainer.data.token_cache import held_out
+from ctxext_trainer.data.token_cache import DocumentTokens, TokenCorpus, stage_token_corpus
 
-CHARS_PER_TOKEN = 8
-MIN_CHARS = 2 << 20
-
-
-def eval_char_budget(lengths: Sequence[int], samples_per_cell: int) -> int:
-    """Characters of haystack (and of held-out) text an evaluation at ``lengths`` keeps per rank."""
-    return max(MIN_CHARS, CHARS_PER_TOKEN * max(lengths) * (samples_per_cell + 1))
+MIN_TOKENS = 1 << 18
+NO_HELD_OUT = "perplexity measured on the training corpus (the validation split holds no document)"
 
 
-def _file_documents(path: Path, fmt: str, text_field: str, limit: int) -> Iterator[str]:
-    kind = _kind(path, fmt)
-    if kind == "text":
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            text = fh.read(limit)
-        if text.strip():
-            yield text
-    elif kind == "parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(columns=[text_field], batch_size=256):
-            for value in batch.column(0).to_pylist():
-                if isinstance(value, str) and value.strip():
-                    yield value
-    else:  # jsonl streams one record at a time
-        yield from read_documents(path, fmt=fmt, text_field=text_field)
+def eval_token_budget(lengths: Sequence[int], samples_per_cell: int) -> int:
+    """Tokens of the cache decoded into haystack text per rank."""
+    return max(MIN_TOKENS, max(lengths) * (samples_per_cell + 1))
 
 
-def read_eval_texts(source: str, *, fmt: str, text_field: str, validation_fraction: float, seed: int,
-                    max_chars: int) -> tuple[list[str], list[str]]:
-    """(documents, held-out documents): prefixes of at most ``max_chars`` characters each.
+def haystack_texts(corpus: TokenCorpus, decode: Callable[[list[int]], str], budget: int) -> list[str]:
+    """The documents of the first ``budget`` tokens of the cache, decoded (the last one cut at the bound).
 
-    Equal to ``(docs, split_documents(docs, ...)[1])`` of the whole corpus when it holds at most
-    ``max_chars`` characters; otherwise their prefixes (the last document cut at the bound).
-    """
-    docs: list[str] = []
-    held: list[str] = []
-    doc_chars = held_chars = index = 0
-    seen_train = False
-    complete = True
-    for path in corpus_files(resolve_source(source)):
-        for text in _file_documents(path, fmt, text_field, max_chars):
-            is_held = held_out(index, validation_fraction, seed)
-            index += 1
-            seen_train = seen_train or not is_held
-            if doc_chars < max_chars:
-                docs.append(text[:max_chars - doc_chars])
-                doc_chars += len(docs[-1])
-            if is_held and held_chars < max_chars:
-                held.append(text[:max_chars - held_chars])
-                held_chars += len(held[-1])
-            if doc_chars >= max_chars and seen_train and (held_chars >= max_chars or validation_fraction <= 0):
-                complete = False
-                break
-        if not complete:
+    All documents, in corpus order, as the needle haystacks always used (held-out ones included:
+    the needle tasks score retrieval, not the text's likelihood)."""
+    texts: list[str] = []
+    offsets = corpus.offsets
+    for i in range(len(offsets) - 1):
+        start, end = int(offsets[i]), min(int(offsets[i + 1]), budget)
+        if start >= budget:
             break
-    if complete and index < 2:  # split_documents never splits fewer than two documents
-        held = []
-    elif complete and not seen_train and held:  # all held out: the first document trains
-        held = held[1:]
-    return docs, held
+        if end > start:
+            text = decode(corpus.tokens[start:end].tolist())
+            if text.strip():
+                texts.append(text)
+    return texts
+
+
+@dataclass
+class EvalCorpus:
+    """What stage evaluation reads: haystack texts, perplexity documents (tokens), a note if any."""
+
+    haystack: list[str]
+    perplexity: DocumentTokens
+    note: str | None
+    cache: TokenCorpus
+
+
+def stage_eval_corpus(config: Any, tokenizer: Any, tokenizer_dir: Path, *, haystack: bool = True) -> EvalCorpus:
+    """The stage's evaluation corpus from its token cache (mapped, or built once if evaluation runs first);
+    ``haystack`` False: no haystack text (no corpus task is evaluated)."""
+    corpus = stage_token_corpus(config, tokenizer, tokenizer_dir)
+    lengths = config.eval_lengths or [config.original_context_length, config.seq_len]
+    budget = eval_token_budget(lengths, config.evaluation.samples_per_cell)
+    texts = haystack_texts(corpus, tokenizer.decode, budget) if haystack else []
+    held = corpus.held_out()
+    if len(held):
+        return EvalCorpus(texts, held, None, corpus)
+    return EvalCorpus(texts, corpus.training(), NO_HELD_OUT, corpus)

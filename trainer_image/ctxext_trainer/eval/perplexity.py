@@ -1,6 +1,7 @@
 """Perplexity by length, and loss by position bucket, on packed held-out text.
 
-Held-out documents are packed as in training (each followed by ``eos``) into one stream, cut into
+Held-out documents (text, or the token cache's documents: :func:`pack_documents`) are packed as in
+training (each followed by ``eos``) into one stream, cut into
 sequences of exactly ``length`` tokens (the first ``count`` of them, the same text start at every
 length). Perplexity at a length is ``exp(mean next-token loss)`` over all its sequences.
 
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from ctxext_trainer.eval.generate import token_losses
@@ -52,6 +54,25 @@ def packed_sequences(texts: Sequence[str], tokenizer: Tokenizer, *, length: int,
             pos = end
         if pos >= len(text):
             stream.append(tokenizer.eos_id)
+        if len(stream) >= need:
+            break
+    return [stream[i * length:(i + 1) * length] for i in range(min(count, len(stream) // length))]
+
+
+def pack_documents(docs: Sequence[Sequence[int]], eos_id: int, *, length: int, count: int) -> list[list[int]]:
+    """:func:`packed_sequences` of already tokenized documents (e.g. views into the token cache):
+    only the ``length × count`` tokens used are copied.
+
+    >>> import numpy as np
+    >>> pack_documents([np.array([5, 6], dtype=np.uint32), [7, 8, 9, 10]], 2, length=3, count=5)
+    [[5, 6, 2], [7, 8, 9]]
+    """
+    need = length * count
+    stream: list[int] = []
+    for doc in docs:
+        stream.extend(np.asarray(doc[:need - len(stream)], dtype=np.int64).tolist())
+        if len(stream) < need:
+            stream.append(eos_id)
         if len(stream) >= need:
             break
     return [stream[i * length:(i + 1) * length] for i in range(min(count, len(stream) // length))]
@@ -91,18 +112,23 @@ def sequence_loss(nll: torch.Tensor, *, length: int, index: int, width: int) -> 
     return SequenceLoss(length, index, float(nll.double().sum()), int(nll.numel()), sums, counts)
 
 
-def run_perplexity(model: Any, tokenizer: Tokenizer, texts: Sequence[str], *, lengths: Sequence[int], count: int,
-                   bucket_width: int, rank: int, world_size: int, tokens_per_batch: int,
-                   split: Callable[[int], Split] | None = None
+def run_perplexity(model: Any, tokenizer: Tokenizer, texts: Sequence[str] | None, *, lengths: Sequence[int],
+                   count: int, bucket_width: int, rank: int, world_size: int, tokens_per_batch: int,
+                   split: Callable[[int], Split] | None = None, token_docs: Sequence[Sequence[int]] | None = None
                    ) -> tuple[dict[int, float], dict[int, list[dict[str, float]]]]:
     """(perplexity by length, position-loss buckets by length); lengths without text are left out.
-    ``split(length)``: how that length's sequences are spread (default: each rank alone)."""
-    longest = max(lengths)
-    pool = packed_sequences(texts, tokenizer, length=longest, count=count)
+    ``token_docs`` (tokenized documents) replace ``texts`` when given. ``split(length)``: how that
+    length's sequences are spread (default: each rank alone)."""
+    def pack(length: int) -> list[list[int]]:
+        if token_docs is not None:
+            return pack_documents(token_docs, tokenizer.eos_id, length=length, count=count)
+        return packed_sequences(texts or [], tokenizer, length=length, count=count)
+
+    pool = pack(max(lengths))
     local: list[SequenceLoss] = []
     for length in sorted(lengths):
         # Shorter lengths reuse the start of the longest sequences, or pack afresh if there are none.
-        seqs = [s[:length] for s in pool] if pool else packed_sequences(texts, tokenizer, length=length, count=count)
+        seqs = [s[:length] for s in pool] if pool else pack(length)
         how = split(length) if split else Split(rank, world_size)
         per_call = 1 if how.group is not None else max(1, tokens_per_batch // length)
         for batch in shard(seqs, rank=how.part, world_size=how.parts, batch=per_call):

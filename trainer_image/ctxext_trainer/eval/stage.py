@@ -3,9 +3,11 @@
 ``evaluate_stage`` runs the stage config's evaluation (tasks, depths, samples per cell, seed) at its
 ``eval_lengths`` (L0 and every stage length so far, unless the spec lists lengths), with position
 buckets of width L0, plots under ``<output_dir>/eval/`` and gauges labelled with the job and stage.
-Needle haystacks come from the stage's corpus (``data.source``); perplexity uses its held-out
-documents (the same ``validationFraction`` split the training data leaves out), or — when the
-split holds none back, as with the one-document tiny corpus — the corpus itself (noted).
+Needle haystacks and perplexity come from the stage's token cache, the one its training streams
+(:mod:`ctxext_trainer.eval.corpus`: no corpus file is read when it exists, and it is built once
+when evaluation runs first): perplexity on its held-out documents (the ``validationFraction`` split,
+disjoint from what training streams), or — when the split holds none back, as with the
+one-document tiny corpus — on the training documents (noted).
 
 Called on every rank of the stage (after ``torch.distributed`` is initialized): the ranks split the
 samples (:mod:`ctxext_trainer.eval.parallel`); ``model`` is the plain Hugging Face module. Lengths up
@@ -33,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxext.stage_config import StageConfig
-from ctxext_trainer.eval.corpus import eval_char_budget, read_eval_texts
+from ctxext_trainer.eval.corpus import NO_HELD_OUT, stage_eval_corpus
 from ctxext_trainer.eval.oom import EvaluationOutOfMemory, out_of_memory
 from ctxext_trainer.eval.suite import builtin_corpus_texts, evaluate_model
 from ctxext_trainer.eval.tasks import CORPUS_TASKS
@@ -44,37 +46,39 @@ INJECT_ALLOCATION_ENV = "CTXEXT_INJECT_EVAL_ALLOCATION_BYTES"
 
 
 
-def stage_texts(config: StageConfig, max_chars: int | None = None
-                ) -> tuple[list[str] | None, list[str] | None, str | None]:
-    """(haystack texts, perplexity texts, note) of a stage's corpus; the builtin corpus if it cannot be read.
-
-    Reads only the bounded prefix evaluation uses (:mod:`ctxext_trainer.eval.corpus`): ``max_chars``
-    characters of documents and of held-out documents, by default the budget of the config's
-    evaluation (its lengths and samples per cell); the whole corpus only for a config without one."""
-    if max_chars is None and getattr(config, "evaluation", None) is not None:
-        lengths = config.eval_lengths or [config.original_context_length, config.seq_len]
-        max_chars = eval_char_budget(lengths, config.evaluation.samples_per_cell)
+def stage_texts(config: Any) -> tuple[list[str] | None, list[str] | None, str | None]:
+    """(haystack texts, perplexity texts, note) of a config's corpus read as text (``ctxext eval --job``,
+    which has no stage and so no token cache); the builtin corpus if it cannot be read."""
     try:
         from ctxext_trainer.data.augment import split_documents
-        from ctxext_trainer.data.sources import DataSourceError, load_documents
+        from ctxext_trainer.data.sources import load_documents
 
         data = config.data
-        if max_chars is None:
-            docs = load_documents(data.source, fmt=str(data.format), text_field=data.text_field)
-            _, held_out = split_documents(docs, data.validation_fraction, data.seed)
-        else:
-            docs, held_out = read_eval_texts(data.source, fmt=str(data.format), text_field=data.text_field,
-                                             validation_fraction=data.validation_fraction, seed=data.seed,
-                                             max_chars=max_chars)
-            if not docs:
-                raise DataSourceError(f"data.source {data.source!r} holds no non-empty documents")
+        docs = load_documents(data.source, fmt=str(data.format), text_field=data.text_field)
+        _, held_out = split_documents(docs, data.validation_fraction, data.seed)
     except Exception as exc:  # a missing corpus must not lose the rest of the evaluation
         log.warning("evaluation corpus %s unreadable (%s); using the builtin tiny corpus", config.data.source, exc)
         builtin = builtin_corpus_texts()
         return builtin, builtin, f"corpus {config.data.source} unreadable ({exc}); used the builtin tiny corpus"
     if held_out:
         return docs, held_out, None
-    return docs, docs, "perplexity measured on the training corpus (the validation split holds no document)"
+    return docs, docs, NO_HELD_OUT
+
+
+def stage_corpus(config: StageConfig, tokenizer: Tokenizer
+                 ) -> tuple[list[str] | None, Sequence[Any] | None, list[str] | None, str | None]:
+    """(haystack texts, perplexity token documents, perplexity texts, note) of a stage: from the stage's
+    token cache (:mod:`ctxext_trainer.eval.corpus`), the builtin corpus's texts if it cannot be had."""
+    from ctxext_trainer.model_loading import resolve_model_path
+
+    try:
+        corpus = stage_eval_corpus(config, tokenizer, Path(resolve_model_path(config.model_path)),
+                                   haystack=any(str(t) in CORPUS_TASKS for t in config.evaluation.tasks))
+    except Exception as exc:  # a missing corpus must not lose the rest of the evaluation
+        log.warning("evaluation corpus %s unreadable (%s); using the builtin tiny corpus", config.data.source, exc)
+        builtin = builtin_corpus_texts()
+        return builtin, None, builtin, f"corpus {config.data.source} unreadable ({exc}); used the builtin tiny corpus"
+    return corpus.haystack, corpus.perplexity, None, corpus.note
 
 
 def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, output_dir: Path, is_rank0: bool,
@@ -85,7 +89,7 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
     spec = config.evaluation
     lengths: Sequence[int] = config.eval_lengths or sorted({config.original_context_length, config.seq_len})
     tasks = [str(t) for t in spec.tasks]
-    haystack, ppl_texts, note = stage_texts(config)
+    haystack, ppl_tokens, ppl_texts, note = stage_corpus(config, tokenizer)
     notes = [note] if note else []
     if not haystack and any(t in CORPUS_TASKS for t in tasks):
         dropped = [t for t in tasks if t in CORPUS_TASKS]
@@ -103,7 +107,7 @@ def evaluate_stage(model: Any, tokenizer: Tokenizer, config: StageConfig, *, out
             labels={"cej": config.job, "cej_namespace": config.namespace, "stage": str(config.stage)},
             title=title or f"{config.job} stage {config.stage}/{config.total_stages} (seqLen {config.seq_len})",
             effective_length_threshold=spec.effective_length_threshold, sequence_group=sequence_group,
-            shard_above=config.original_context_length)
+            shard_above=config.original_context_length, perplexity_tokens=ppl_tokens)
     except Exception as exc:
         if not out_of_memory(exc):
             raise

@@ -116,13 +116,15 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
                    perplexity_texts: Sequence[str] | None = None, labels: Mapping[str, str] | None = None,
                    registry: Any = None, tokens_per_batch: int = TOKENS_PER_BATCH, bucket_width: int | None = None,
                    title: str = "", effective_length_threshold: float = DEFAULT_THRESHOLD,
-                   sequence_group: Any = None, shard_above: int = 0) -> dict[str, Any]:
+                   sequence_group: Any = None, shard_above: int = 0,
+                   perplexity_tokens: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
     """Run ``tasks`` on ``model`` and return the evaluation dict (format above).
 
     ``corpus_texts`` are the haystack of the needle tasks and, unless ``perplexity_texts`` is given,
-    the perplexity text; both default to the builtin tiny corpus. Plots go to ``output_dir/eval/``
-    (none when ``output_dir`` is None). ``labels`` (cej, cej_namespace, stage) label the gauges in
-    ``registry``. ``bucket_width`` defaults to ``original_length``. With any retrieval task the dict
+    the perplexity text; both default to the builtin tiny corpus. ``perplexity_tokens`` (tokenized
+    documents, e.g. the token cache's held-out ones) replace the perplexity text when given. Plots go
+    to ``output_dir/eval/`` (none when ``output_dir`` is None). ``labels`` (cej, cej_namespace, stage) label
+    the gauges in ``registry``. ``bucket_width`` defaults to ``original_length``. With any retrieval task the dict
     also holds ``retrievalAccuracy``, ``effectiveLength`` and ``effectiveLengthByTask``
     (:mod:`ctxext.effective_length`, at ``effective_length_threshold``). Raises ValueError on bad
     arguments or when a corpus task has no corpus text.
@@ -164,11 +166,11 @@ def evaluate_model(model: Any, tokenizer: Tokenizer, *, tasks: Sequence[str], le
                                         split=split)
         if "perplexity" in tasks:
             texts = perplexity_texts if perplexity_texts is not None else corpus_texts
-            if texts:
+            if texts or perplexity_tokens:
                 perplexity, buckets = run_perplexity(
                     lm, tokenizer, texts, lengths=lengths, count=samples_per_cell,
                     bucket_width=bucket_width or original_length, rank=rank, world_size=world_size,
-                    tokens_per_batch=tokens_per_batch, split=split)
+                    tokens_per_batch=tokens_per_batch, split=split, token_docs=perplexity_tokens)
             missing = [n for n in lengths if n not in perplexity]
             if missing:
                 notes.append(f"perplexity: not enough text for length(s) {', '.join(map(str, missing))}")
