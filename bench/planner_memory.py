@@ -19,7 +19,16 @@ Per cell, for the rank with the larger figure:
 * ``peak`` = absolute peak RSS of the process (Python, torch, DeepSpeed and the warm-up's leftovers
   included). Compare with the estimate's total, which ``ctxext plan`` prints as "est. GiB/rank".
 
+Each ZeRO stage runs twice (``--heap both``): with glibc's defaults (``kept``: freed blocks may stay in the
+process's heap, so RSS counts memory no tensor holds any more) and with ``returned``
+(``MALLOC_MMAP_THRESHOLD_=16384 MALLOC_TRIM_THRESHOLD_=0``: every block of 16 KiB or more is its own
+mapping, handed back to the kernel when freed, so RSS follows the live tensors). The planner models live
+memory; the difference between the two is the allocator's retention, which the planner's headroom covers.
+ZeRO 3 gathers and releases every parameter of every module on every step, and that churn is what glibc
+retains on CPU.
+
     .venv/bin/python bench/planner_memory.py                        # 256, 1024, 4096 × ZeRO 0-3, ckpt off
+    .venv/bin/python bench/planner_memory.py --zero 3 --heap returned
     .venv/bin/python bench/planner_memory.py --checkpointing both --zero 0
 """
 
@@ -158,20 +167,25 @@ def _tiny_arch() -> Any:
                              tie_word_embeddings=TINY_SHAPE["tie_word_embeddings"])
 
 
+#: glibc settings per heap mode (see the module docstring).
+HEAP_ENV = {"kept": {}, "returned": {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0"}}
+
+
 def run_zero_stage(model: str, workdir: Path, zero: int, lengths: list[int], ckpts: list[str], steps: int,
-                   timeout: float) -> list[dict[str, Any]]:
+                   timeout: float, heap: str = "kept") -> list[dict[str, Any]]:
     """One torchrun (WORLD ranks) for one ZeRO stage; one result per (checkpointing, length) cell."""
-    out = workdir / f"zero{zero}"
+    out = workdir / f"zero{zero}-{heap}"
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     cmd = [torchrun, "--standalone", f"--nproc-per-node={WORLD}", __file__, "--worker", "--model", model,
            "--outdir", str(workdir), "--out", str(out), "--lengths", ",".join(map(str, lengths)),
            "--zero", str(zero), "--checkpointing", ",".join(ckpts), "--steps", str(steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           **HEAP_ENV[heap]}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     files = [Path(f"{out}.rank{r}.json") for r in range(WORLD)]
     if proc.returncode != 0 or not all(f.is_file() for f in files):
         error = f"exit {proc.returncode}: " + "\n".join((proc.stderr or proc.stdout).splitlines()[-8:])
-        return [{"seq_len": n, "zero": zero, "checkpointing": c, "error": error,
+        return [{"seq_len": n, "zero": zero, "checkpointing": c, "error": error, "heap": heap,
                  "estimate_gib": estimate(n, zero, c == "on").as_dict()} for c in ckpts for n in lengths]
     per_rank = [json.loads(f.read_text()) for f in files]
     cells = []
@@ -179,7 +193,7 @@ def run_zero_stage(model: str, workdir: Path, zero: int, lengths: list[int], ckp
         top = max(ranks, key=lambda r: r["peak"] - r["rss_before"])
         est = estimate(top["seq_len"], zero, top["checkpointing"] == "on")
         growth = (top["peak"] - top["rss_before"]) / GIB
-        cells.append({"seq_len": top["seq_len"], "zero": zero, "checkpointing": top["checkpointing"],
+        cells.append({"seq_len": top["seq_len"], "zero": zero, "checkpointing": top["checkpointing"], "heap": heap,
                       "estimate_gib": est.as_dict(), "measured_growth_gib": growth,
                       "measured_peak_gib": top["peak"] / GIB, "rss_before_gib": top["rss_before"] / GIB,
                       "setup_growth_gib": (top["rss_after_setup"] - top["rss_before"]) / GIB,
@@ -196,6 +210,8 @@ def main() -> int:
     parser.add_argument("--zero", default="0,1,2,3")
     parser.add_argument("--checkpointing", default="off", help="off, on or both (activation checkpointing)")
     parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--heap", default="both", choices=["kept", "returned", "both"],
+                        help="glibc keeps freed heap (kept), hands it back at once (returned), or both side by side")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per ZeRO stage (one torchrun)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -214,41 +230,47 @@ def main() -> int:
     lengths = [int(x) for x in args.lengths.split(",")]
     zeros = [int(x) for x in args.zero.split(",")]
     ckpts = ["off", "on"] if args.checkpointing == "both" else [args.checkpointing]
+    heaps = ["kept", "returned"] if args.heap == "both" else [args.heap]
     started = time.monotonic()
     cells = []
     with tempfile.TemporaryDirectory(prefix="ctxext-bench-memory-") as tmp:
         workdir = Path(tmp)
         model = str(save_tiny(new_tiny_model(0), workdir / "tiny"))
-        for zero in zeros:
-            done = run_zero_stage(model, workdir, zero, lengths, ckpts, args.steps, args.timeout)
-            print(f"[{time.strftime('%H:%M:%S')}] ZeRO {zero}: {done[0].get('error') or 'ok'}", file=sys.stderr,
-                  flush=True)
-            cells.extend(done)
-    rows = [[c["seq_len"], c["zero"], c["checkpointing"],
+        for heap in heaps:
+            for zero in zeros:
+                done = run_zero_stage(model, workdir, zero, lengths, ckpts, args.steps, args.timeout, heap)
+                print(f"[{time.strftime('%H:%M:%S')}] ZeRO {zero}, heap {heap}: {done[0].get('error') or 'ok'}",
+                      file=sys.stderr, flush=True)
+                cells.extend(done)
+    rows = [[c["heap"], c["seq_len"], c["zero"], c["checkpointing"],
              c["estimate_gib"]["total"] - c["estimate_gib"]["overhead"], c.get("measured_growth_gib"),
              c.get("ratio_without_overhead"), c["estimate_gib"]["total"], c.get("measured_peak_gib"),
              c.get("ratio_total_vs_peak"), c.get("step_seconds")] for c in cells]
-    h.print_table(["seqLen", "ZeRO", "ckpt", "est GiB (no ovh)", "meas growth GiB", "ratio", "est total GiB",
+    h.print_table(["heap", "seqLen", "ZeRO", "ckpt", "est GiB (no ovh)", "meas growth GiB", "ratio", "est total GiB",
                    "meas peak GiB", "ratio", "step s"], rows,
                   title=f"planner_memory: tiny model, CPU fp32, {WORLD} ranks (gloo), batch 1; ratio = estimate / "
                         "measured")
     pivot = []
-    for ckpt in ckpts:
-        for n in lengths:
-            row: list[Any] = [n, ckpt]
-            for zero in zeros:
-                cell = next(c for c in cells if (c["seq_len"], c["zero"], c["checkpointing"]) == (n, zero, ckpt))
-                growth, peak = cell.get("ratio_without_overhead") or 0, cell.get("ratio_total_vs_peak") or 0
-                row.append(f"{growth:.2f} / {peak:.2f}")
-            pivot.append(row)
-    h.print_table(["seqLen", "ckpt", *(f"ZeRO {z} growth / peak" for z in zeros)], pivot,
+    for heap in heaps:
+        for ckpt in ckpts:
+            for n in lengths:
+                row: list[Any] = [heap, n, ckpt]
+                for zero in zeros:
+                    cell = next(c for c in cells if (c["heap"], c["seq_len"], c["zero"], c["checkpointing"]) ==
+                                (heap, n, zero, ckpt))
+                    growth, peak = cell.get("ratio_without_overhead") or 0, cell.get("ratio_total_vs_peak") or 0
+                    row.append(f"{growth:.2f} / {peak:.2f}")
+                pivot.append(row)
+    h.print_table(["heap", "seqLen", "ckpt", *(f"ZeRO {z} growth / peak" for z in zeros)], pivot,
                   title="estimate / measured per ZeRO stage, side by side (>= 1: the estimate covers the measurement)")
     for zero in zeros:
-        mine = [c for c in cells if c["zero"] == zero and "error" not in c]
-        if mine:
-            growth = [c["ratio_without_overhead"] for c in mine]
-            print(f"ZeRO {zero}: growth ratio {min(growth):.2f}–{max(growth):.2f}; DeepSpeed terms (MiB) "
-                  + ", ".join(f"{k} {v / MIB:.2f}" for k, v in ds_terms(zero).items()), flush=True)
+        for heap in heaps:
+            mine = [c for c in cells if c["zero"] == zero and c["heap"] == heap and "error" not in c]
+            if mine:
+                growth = [c["ratio_without_overhead"] for c in mine]
+                print(f"ZeRO {zero}, heap {heap}: growth ratio {min(growth):.2f}–{max(growth):.2f}", flush=True)
+        print(f"ZeRO {zero}: DeepSpeed terms (MiB) "
+              + ", ".join(f"{k} {v / MIB:.2f}" for k, v in ds_terms(zero).items()), flush=True)
     h.emit_json("planner_memory", {"world_size": WORLD, "steps": args.steps, "model": "tiny (ctxext_trainer.tiny)",
                                    "measured_with": "trainer code path: load_causal_lm + CausalLMTrainModule + "
                                                     "build_engine (DeepSpeed, torch AdamW); no guard/metrics",

@@ -197,3 +197,14 @@ def test_the_torchrun_agent_gives_its_workers_the_grace_period():
         for replica in body["spec"]["pytorchReplicaSpecs"]:
             timeout = int(env_of(body, replica)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"])
             assert timeout == _grace(body, replica) - 10 and timeout > 30
+
+
+def test_gpu_pods_use_expandable_segments_unless_the_job_sets_its_own_allocator():
+    """#25 item 4: fragmentation from ZeRO-3's gather/release churn (bench/planner_memory.py --heap both)."""
+    assert env_of(build(gpu_job()))["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    own = gpu_job()
+    own.spec.env.append(type(own.spec.env[0])(name="PYTORCH_CUDA_ALLOC_CONF", value="max_split_size_mb:512"))
+    assert env_of(build(own))["PYTORCH_CUDA_ALLOC_CONF"] == "max_split_size_mb:512"
+    names = [e["name"] for e in container(build(own))["env"]]
+    assert names.count("PYTORCH_CUDA_ALLOC_CONF") == 1
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in env_of(build(job_from_object(example("tiny-cpu.yaml"))))
