@@ -389,8 +389,9 @@ def test_pod_monitor_scrapes_every_rank_of_trainer_pods():
     # The operator labels trainer pods with LABEL_JOB; the trainer container is Kubeflow's "pytorch".
     assert monitor["spec"]["selector"] == {"matchExpressions": [{"key": LABEL_JOB, "operator": "Exists"}]}
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    endpoint, *trainjob_endpoints = monitor["spec"]["podMetricsEndpoints"]
     assert "port" not in endpoint and "portNumber" not in endpoint  # selected by name, below
+    assert len(trainjob_endpoints) == 8  # one per local rank of a TrainJob pod (tests/chart/test_cluster_fit.py)
     assert {"sourceLabels": ["__meta_kubernetes_pod_container_name"], "regex": "pytorch",
             "action": "keep"} in endpoint["relabelings"]
     [default_monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")

@@ -45,12 +45,13 @@ def _targets(endpoint: dict[str, Any], pod: dict[str, Any], container_name: str 
 ])
 def test_pod_monitor_scrapes_exactly_the_declared_rank_ports(resources, metrics_port, expected):
     [monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    endpoint, *trainjob_endpoints = monitor["spec"]["podMetricsEndpoints"]
     spec = {"resources": resources, "metrics": {"port": metrics_port}}
     if resources["gpusPerNode"] > 1:
         spec["parallelism"] = {"sequenceParallel": resources["gpusPerNode"]}
     trainer = container(build(job_from_object(minimal(**spec))))
     names = _targets(endpoint, trainer)
+    assert len(trainjob_endpoints) == 8 and not [t for e in trainjob_endpoints for t in _targets(e, trainer)]
     ports = {p["name"]: p["containerPort"] for p in trainer["ports"]}
     assert [ports[n] for n in names] == expected
     assert "pytorchjob-port" not in names
@@ -135,7 +136,7 @@ def test_pod_monitor_relabelings_keep_the_rank_ports_in_a_real_prometheus(tmp_pa
     it: one per declared container port, with the pod's meta labels. Only the metrics-<rank> ports of running
     trainer containers stay; the rendezvous port, Kubeflow's init container and pending pods are dropped."""
     [monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
-    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]  # PyTorchJob pods; TrainJob pods: the test below
     relabel = [{_snake(k): v for k, v in rule.items()} for rule in endpoint["relabelings"]]
     cases = {"cpu": ({"gpusPerNode": 0, "processesPerNode": 1}, 9400), "gpu4": ({"gpusPerNode": 4}, 9800)}
     expected, scrape_configs = {}, []
@@ -168,3 +169,61 @@ def test_pod_monitor_relabelings_keep_the_rank_ports_in_a_real_prometheus(tmp_pa
     for name in cases:
         assert sorted(found[name]) == [f"127.0.0.1:{p}" for p in expected[name]], (name, found[name])
     assert expected == {"cpu": [9400], "gpu4": [9800, 9801, 9802, 9803]}
+
+
+def test_trainjob_pods_are_scraped_once_per_local_rank_in_a_real_prometheus(tmp_path):
+    """#22: a TrainJob cannot declare container ports, so its pods carry ctxext.dev/metrics-port-<rank>
+    annotations and the PodMonitor has one endpoint per local rank. A real Prometheus runs those endpoints'
+    relabelings on the targets kubernetes_sd (role pod) gives: the trainer container "node" without ports (one
+    port-free target), the same container in a runtime that declares a port (a second target that ends up at the
+    same address), Kubeflow's init container, and a PyTorchJob's pod. Each rank of the 4-GPU TrainJob pod is one
+    target; nothing else is."""
+    from ctxext.controller.backends.trainjob import build_trainjob
+    from ctxext.planner import plan_curriculum
+
+    [monitor] = kinds(render({"podMonitor": {"enabled": True}}), "PodMonitor")
+    endpoints = monitor["spec"]["podMetricsEndpoints"][1:]
+    job = job_from_object(minimal(resources={"gpusPerNode": 4}, parallelism={"sequenceParallel": 4},
+                                  metrics={"port": 9500}))
+    tj = build_trainjob(job, plan_curriculum(job.spec), 1)
+    pod_meta = tj["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["metadata"]
+    annotations = {"__meta_kubernetes_pod_annotation_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v
+                   for k, v in pod_meta["annotations"].items()}
+    ptj = container(build(job))
+    groups = [
+        {"targets": ["127.0.0.1"], "labels": {**annotations, "__meta_kubernetes_pod_ip": "127.0.0.1",
+                                              "__meta_kubernetes_pod_container_name": "node",
+                                              "__meta_kubernetes_pod_container_init": "false",
+                                              "__meta_kubernetes_pod_phase": "Running"}},
+        {"targets": ["127.0.0.1:29500"], "labels": {**annotations, "__meta_kubernetes_pod_ip": "127.0.0.1",
+                                                    "__meta_kubernetes_pod_container_name": "node",
+                                                    "__meta_kubernetes_pod_container_port_name": "master",
+                                                    "__meta_kubernetes_pod_container_init": "false",
+                                                    "__meta_kubernetes_pod_phase": "Running"}},
+        {"targets": ["127.0.0.3"], "labels": {**annotations, "__meta_kubernetes_pod_ip": "127.0.0.3",
+                                              "__meta_kubernetes_pod_container_name": "init",
+                                              "__meta_kubernetes_pod_container_init": "true",
+                                              "__meta_kubernetes_pod_phase": "Running"}},
+        *({"targets": [f"127.0.0.2:{p['containerPort']}"], "labels": {
+            "__meta_kubernetes_pod_ip": "127.0.0.2", "__meta_kubernetes_pod_container_name": "pytorch",
+            "__meta_kubernetes_pod_container_init": "false", "__meta_kubernetes_pod_phase": "Running",
+            "__meta_kubernetes_pod_container_port_name": p["name"]}} for p in ptj["ports"]),
+    ]
+    prom = Prometheus(tmp_path / "prometheus", {})
+    prom.config["scrape_configs"] = [
+        {"job_name": f"rank-{r}", "scrape_interval": "1h", "static_configs": groups,
+         "relabel_configs": [{_snake(k): v for k, v in rule.items()} for rule in e["relabelings"]]}
+        for r, e in enumerate(endpoints)]
+    with prom:
+        def seen() -> tuple[dict[str, list[str]], set[str]] | None:
+            data = prom.api("targets", state="any")
+            active: dict[str, list[str]] = {}
+            for target in data["activeTargets"]:
+                active.setdefault(target["scrapePool"], []).append(target["labels"]["instance"])
+            dropped = {t["discoveredLabels"]["job"] for t in data["droppedTargets"]}
+            done = len(dropped) == len(endpoints) and len(active) == 4  # every pool through discovery
+            return (active, dropped) if done else None
+
+        active, _ = wait_for(seen, what="Prometheus' targets")
+    assert active == {f"rank-{r}": [f"127.0.0.1:{9500 + r}"] for r in range(4)}

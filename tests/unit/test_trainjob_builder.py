@@ -90,7 +90,12 @@ def test_pod_settings_go_through_one_runtime_patch_on_the_node_container():
     pod = ptj["spec"]["pytorchReplicaSpecs"]["Master"]["template"]
     patch = node_patch(tj)
     assert tj["spec"]["runtimePatches"][0]["manager"] == "ctxext.dev/operator"
-    assert patch["metadata"] == pod["metadata"] and patch["metadata"]["labels"]["team"] == "llm"
+    # The PyTorchJob pod's labels and annotations, plus each local rank's metrics port (a TrainJob pod cannot
+    # declare container ports; the chart's PodMonitor reads these instead).
+    ports = {f"ctxext.dev/metrics-port-{r}": str(p["containerPort"])
+             for r, p in enumerate(p for p in pod["spec"]["containers"][0]["ports"] if p["name"].startswith("metrics-"))}
+    assert patch["metadata"]["labels"] == pod["metadata"]["labels"] and patch["metadata"]["labels"]["team"] == "llm"
+    assert patch["metadata"]["annotations"] == {**pod["metadata"]["annotations"], **ports} and len(ports) == 4
     for key in ("volumes", "securityContext", "terminationGracePeriodSeconds", "serviceAccountName",
                 "imagePullSecrets", "nodeSelector", "tolerations", "affinity"):
         assert patch["spec"][key] == pod["spec"][key], key

@@ -41,7 +41,7 @@ from typing import Any
 from ctxext.api.job import ContextExtensionJob
 from ctxext.config import OperatorConfig
 from ctxext.controller.backends import trainjob_status
-from ctxext.controller.builder import build_pytorchjob
+from ctxext.controller.builder import METRICS_PORT_NAME, build_pytorchjob
 from ctxext.controller.observe import ObservedJob
 from ctxext.errors import SpecError
 from ctxext.planner import Plan
@@ -113,6 +113,21 @@ def _problems(job: ContextExtensionJob, pod: dict[str, Any], container: dict[str
     return out
 
 
+#: Pod annotation naming the /metrics port of each local rank, where a TrainJob's container cannot declare it.
+METRICS_PORT_ANNOTATION = "ctxext.dev/metrics-port-{rank}"
+
+
+def _metrics_ports_as_annotations(meta: dict[str, Any], container: dict[str, Any]) -> None:
+    """A runtime patch cannot add container ports, and the chart's PodMonitor finds a PyTorchJob pod's ranks by
+    its ``metrics-<rank>`` ports: a TrainJob pod says the same in annotations ``ctxext.dev/metrics-port-<rank>``,
+    which the PodMonitor's TrainJob endpoints (one per local rank) turn into one target per rank."""
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports") or []}
+    rank = 0
+    while (port := ports.get(METRICS_PORT_NAME.format(rank=rank))) is not None:
+        meta.setdefault("annotations", {})[METRICS_PORT_ANNOTATION.format(rank=rank)] = str(port)
+        rank += 1
+
+
 def _credentials_as_files(pod: dict[str, Any], container: dict[str, Any]) -> None:
     """Trainer's runtime patches allow no ``envFrom``: mount the credentials Secret read-only as files instead
     (never its values in the TrainJob), and tell the trainer where (``ctxext_trainer.launch`` exports each key
@@ -143,6 +158,7 @@ def build_trainjob(job: ContextExtensionJob, plan: Plan, stage: int, *, attempt:
     if problems := _problems(job, pod, container, run_policy):
         raise SpecError(problems)
     _credentials_as_files(pod, container)
+    _metrics_ports_as_annotations(master["metadata"], container)
 
     trainer: dict[str, Any] = {
         "image": container["image"], "command": list(container["command"]),
