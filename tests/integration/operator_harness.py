@@ -112,6 +112,14 @@ class OperatorProcess(Proc):
             return None
 
 
+def local_executor(kubeconfig: str, root: Path, namespace: str, log: Path, *, poll: str = "0.3",
+                   stop_grace: str = "5") -> Proc:
+    """``ctxext local-executor`` for one namespace, started (stop it with ``.stop()``)."""
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "OMP_NUM_THREADS": "1"}
+    return Proc(["local-executor", "--root", str(root), "-n", namespace, "--poll", poll, "--stop-grace", stop_grace],
+                log, env).start()
+
+
 def wait_for(fn: Callable[[], Any], *, what: str, timeout: float = 90, proc: Proc | None = None) -> Any:
     """Poll ``fn`` until it returns something truthy; fail with the operator's log otherwise."""
     deadline, last = time.monotonic() + timeout, None

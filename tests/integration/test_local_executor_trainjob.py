@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from ctxext.controller.backends import trainjob_status
 from ctxext.controller.backends.trainjob import build_trainjob
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
-from tests.integration.operator_harness import Cluster, Proc, wait_for
+from tests.integration.operator_harness import Cluster, Proc, local_executor, wait_for
 from tests.unit.helpers import ROOT, example, minimal
 
 pytestmark = pytest.mark.apiserver
@@ -54,9 +53,7 @@ def cluster(k8s_api):
 
 @pytest.fixture
 def executor(k8s_api, tmp_path):
-    env = {**os.environ, "KUBECONFIG": k8s_api, "OMP_NUM_THREADS": "1"}
-    proc = Proc(["local-executor", "--root", str(tmp_path / "root"), "-n", NS, "--poll", "0.3",
-                 "--stop-grace", "5"], tmp_path / "executor.log", env).start()
+    proc = local_executor(k8s_api, tmp_path / "root", NS, tmp_path / "executor.log")
     yield proc
     proc.stop()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from kubernetes import client, config
 from ctxext.controller.builder import build_pytorchjob
 from ctxext.manifest import job_from_object
 from ctxext.planner import plan_curriculum
-from tests.integration.operator_harness import Cluster, Proc, wait_for
+from tests.integration.operator_harness import Cluster, Proc, local_executor, wait_for
 from tests.unit.helpers import minimal
 
 pytestmark = pytest.mark.apiserver
@@ -48,9 +47,7 @@ def cluster(k8s_api):
 
 @pytest.fixture
 def executor(k8s_api, tmp_path):
-    env = {**os.environ, "KUBECONFIG": k8s_api, "OMP_NUM_THREADS": "1"}
-    proc = Proc(["local-executor", "--root", str(tmp_path / "root"), "-n", NS, "--poll", "0.3",
-                 "--stop-grace", "5"], tmp_path / "executor.log", env).start()
+    proc = local_executor(k8s_api, tmp_path / "root", NS, tmp_path / "executor.log")
     yield proc
     proc.stop()
 

@@ -92,8 +92,8 @@ def test_pod_settings_go_through_one_runtime_patch_on_the_node_container():
     assert tj["spec"]["runtimePatches"][0]["manager"] == "ctxext.dev/operator"
     # The PyTorchJob pod's labels and annotations, plus each local rank's metrics port (a TrainJob pod cannot
     # declare container ports; the chart's PodMonitor reads these instead).
-    ports = {f"ctxext.dev/metrics-port-{r}": str(p["containerPort"])
-             for r, p in enumerate(p for p in pod["spec"]["containers"][0]["ports"] if p["name"].startswith("metrics-"))}
+    metrics = [p for p in pod["spec"]["containers"][0]["ports"] if p["name"].startswith("metrics-")]
+    ports = {f"ctxext.dev/metrics-port-{r}": str(p["containerPort"]) for r, p in enumerate(metrics)}
     assert patch["metadata"]["labels"] == pod["metadata"]["labels"] and patch["metadata"]["labels"]["team"] == "llm"
     assert patch["metadata"]["annotations"] == {**pod["metadata"]["annotations"], **ports} and len(ports) == 4
     for key in ("volumes", "securityContext", "terminationGracePeriodSeconds", "serviceAccountName",
