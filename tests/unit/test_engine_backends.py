@@ -179,3 +179,25 @@ def test_what_a_trainjob_cannot_carry_runs_as_a_pytorchjob_or_is_invalid_spec_be
         return api
 
     run(scenario())
+
+
+def test_a_choice_nothing_ran_on_is_not_kept():
+    """A job refused on the API chosen from a stale discovery answer (the PyTorchJob CRD installed a moment ago)
+    is chosen for again once the answer is fresh: status.backend is recorded only with the first job."""
+    async def scenario() -> Cluster:
+        api = Cluster(Served(pytorchjob=False, trainjob=True, runtime=True))
+        eng = Engine(config(), api)  # type: ignore[arg-type]
+        body = manifest()
+        body["spec"]["scheduling"] = {"priorityClassName": "high"}
+        await eng.cej_event("ADDED", api.add_cej(body), api.index())
+        status = api.cejs["t"]["status"]
+        assert status["phase"] == "Failed" and "backend" not in status and not api.jobs
+        api.answer = BOTH
+        eng.backends._served = None
+        await eng.reconcile(KEY, fresh=True)  # the resync of a job that failed before it started
+        assert api.jobs["t-s1-a1"]["kind"] == "PyTorchJob" and api.cejs["t"]["status"]["backend"] == "PyTorchJob"
+        assert api.cejs["t"]["status"]["phase"] == "Running"
+        eng.close()
+        return api
+
+    run(scenario())

@@ -137,8 +137,6 @@ def reconcile(inp: Inputs) -> Decision:
         return d
     conds = Conditions(status.get("conditions"), now=format_time(inp.now), generation=inp.generation)
     out["observedGeneration"] = inp.generation
-    if inp.backend:
-        out["backend"] = inp.backend
     old_phase = status.get("phase")
 
     if inp.plan is None:
@@ -236,6 +234,8 @@ def reconcile(inp: Inputs) -> Decision:
         kind = "Warning" if out["phase"] == "Failed" else "Normal"
         text = sp.failure[1] if sp.failure else str((conds.get(READY) or {}).get("message", ""))
         d.events.append(Event(kind, str(out["phase"]), text))
+    if inp.backend and (d.creates or started):  # recorded with the first job: a choice nothing ran on is made again
+        out["backend"] = inp.backend
     out["conditions"] = conds.to_list()
     d.status = out
     return d
