@@ -33,7 +33,8 @@ def test_validate_warns_for_auto_and_refuses_for_trainjob(tmp_path: Path) -> Non
     assert plain.exit_code == 0 and "warning" not in plain.output, plain.output
 
 
-def test_operator_backend_option_refuses_an_unknown_api_in_one_line() -> None:
+def test_operator_backend_option_refuses_an_unknown_api_in_one_line(monkeypatch) -> None:
+    monkeypatch.setenv("CTXEXT_BACKEND", "auto")  # the command sets it in this process: restored after the test
     result = runner.invoke(app, ["operator", "--backend", "rayjob"])
     assert result.exit_code == 2 and "CTXEXT_BACKEND" in result.output and "'pytorchjob'" in result.output
     assert "Traceback" not in result.output
