@@ -101,11 +101,14 @@ class FakeApi:
         self.jobs[name]["metadata"]["resourceVersion"] = str(next(self.rv))
         return copy.deepcopy(self.jobs[name])
 
-    def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(self, namespace: str, name: str, patch: dict[str, Any], *, uid: str | None = None,
+                     current: dict[str, Any] | None = None) -> dict[str, Any]:
         self.calls.append("status")
         if self.fail_status_patch:
             raise client.ApiException(status=500, reason="etcd unavailable")
         obj = self.cejs[name]
+        if uid != obj["metadata"]["uid"]:  # the engine patches only the job it read (KubeApi: a JSON patch test)
+            raise client.ApiException(status=422, reason="the test of /metadata/uid failed")
         obj["status"] = {**(obj.get("status") or {}), **patch}
         obj["metadata"]["resourceVersion"] = str(next(self.rv))
         return copy.deepcopy(obj)

@@ -207,8 +207,10 @@ class Engine:
                 state.created[change.name] = Owned(resource_version(patched) or PENDING,
                                                    observe_job({"kind": kind, **patched}))
             patch = decision.status_patch(status)
-            if patch:
-                self.registry.offer(key, await self._call(self.api.patch_status, namespace, name, patch))
+            if patch:  # only onto this job: not onto a same-named successor if it was deleted meanwhile
+                self.registry.offer(key, await self._call(functools.partial(
+                    self.api.patch_status, namespace, name, patch, uid=uid,
+                    current=body.get("status") or None)))
         if self.registry.get(key) is not state:  # deleted meanwhile
             return decision
         self._record(key, body, decision)
