@@ -27,8 +27,13 @@ def test_a_status_patch_for_a_deleted_job_never_lands_on_its_same_named_successo
     obj["metadata"]["name"] = "again"
     first = cluster.create(obj)
     uid = first["metadata"]["uid"]
-    made = kube.patch_status(NS, "again", {"phase": "Running", "warnings": ["w"]}, uid=uid, current=None)
-    assert made["status"] == {"phase": "Running", "warnings": ["w"]}
+    cluster.trainer_reports("again", {"progress": {"step": 1}})  # the trainer's first report beats the operator's
+    with pytest.raises(client.ApiException):  # computed from the job as created: it would drop that report
+        kube.patch_status(NS, "again", {"phase": "Running"}, uid=uid, current=None,
+                          resource_version=first["metadata"]["resourceVersion"])
+    fresh = cluster.cej("again")
+    made = kube.patch_status(NS, "again", {"phase": "Running", "warnings": ["w"]}, uid=uid, current=fresh["status"])
+    assert made["status"] == {"phase": "Running", "warnings": ["w"], "progress": {"step": 1}}
     cluster.trainer_reports("again", {"progress": {"step": 3}})  # the trainer's own field, merge-patched
     later = kube.patch_status(NS, "again", {"phase": "Failed", "warnings": None}, uid=uid,
                               current=made["status"])
@@ -40,3 +45,6 @@ def test_a_status_patch_for_a_deleted_job_never_lands_on_its_same_named_successo
         kube.patch_status(NS, "again", {"phase": "Failed", "stage": "1/2"}, uid=uid, current=later["status"])
     assert refused.value.status in (409, 422)
     assert "status" not in cluster.cej("again") and cluster.cej("again")["metadata"]["uid"] == second["metadata"]["uid"]
+    first_write = kube.patch_status(NS, "again", {"phase": "Pending"}, uid=second["metadata"]["uid"], current=None,
+                                    resource_version=second["metadata"]["resourceVersion"])
+    assert first_write["status"] == {"phase": "Pending"}

@@ -102,7 +102,7 @@ class FakeApi:
         return copy.deepcopy(self.jobs[name])
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any], *, uid: str | None = None,
-                     current: dict[str, Any] | None = None) -> dict[str, Any]:
+                     current: dict[str, Any] | None = None, resource_version: str | None = None) -> dict[str, Any]:
         self.calls.append("status")
         if self.fail_status_patch:
             raise client.ApiException(status=500, reason="etcd unavailable")

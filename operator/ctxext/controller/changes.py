@@ -33,6 +33,8 @@ True
 'pass'
 >>> classify_cej(seen, {"metadata": {"generation": 1}, "status": {"progress": {"loss": 2.5}}})
 'refresh'
+>>> classify_cej(seen, {"metadata": {"generation": 1, "uid": "new"}})  # deleted and re-applied at once
+'pass'
 """
 
 from __future__ import annotations
@@ -86,13 +88,16 @@ class Seen:
     """:func:`digest` of ``status.results``."""
     progress: tuple[Any, Any]
     jobs: dict[str, ObservedJob] = field(default_factory=dict)
-    """Every owned PyTorchJob by name, as observed (or, for one it created, as created)."""
+    """Every owned training job by name, as observed (or, for one it created, as created)."""
+    uid: str | None = None
+    """metadata.uid: a job deleted and re-applied under the same name is another job (its generation is 1 again)."""
 
     @classmethod
     def of(cls, body: Mapping[str, Any], jobs: dict[str, ObservedJob]) -> Seen:
         status = body.get("status") or {}
-        return cls(generation=(body.get("metadata") or {}).get("generation"), results=digest(status.get("results")),
-                   progress=progress_of(status), jobs=jobs)
+        meta = body.get("metadata") or {}
+        return cls(generation=meta.get("generation"), results=digest(status.get("results")),
+                   progress=progress_of(status), jobs=jobs, uid=meta.get("uid"))
 
 
 def classify_cej(seen: Seen | None, body: Mapping[str, Any]) -> str:
@@ -100,8 +105,9 @@ def classify_cej(seen: Seen | None, body: Mapping[str, Any]) -> str:
     if seen is None:  # never reconciled by this process: created, or listed after a restart
         return PASS
     status = body.get("status") or {}
-    if (body.get("metadata") or {}).get("generation") != seen.generation or \
-            digest(status.get("results")) != seen.results:
+    meta = body.get("metadata") or {}
+    if meta.get("generation") != seen.generation or digest(status.get("results")) != seen.results or \
+            meta.get("uid") != seen.uid:
         return PASS
     return REFRESH if progress_of(status) != seen.progress else NONE
 

@@ -98,7 +98,9 @@ class Engine:
         meta = body.get("metadata") or {}
         key = key_of(meta.get("namespace"), str(meta.get("name")))
         if kind == "DELETED":
-            self.forget(key)
+            kept = (self.registry.body(key) or {}).get("metadata") or {}
+            if kept.get("uid") in (None, meta.get("uid")):  # not when a same-named successor is already kept:
+                self.forget(key)  # kopf handles each UID's events on its own, in no fixed order between them
             return
         self.registry.offer(key, body)
         state = self.registry.state(key)
@@ -210,7 +212,7 @@ class Engine:
             if patch:  # only onto this job: not onto a same-named successor if it was deleted meanwhile
                 self.registry.offer(key, await self._call(functools.partial(
                     self.api.patch_status, namespace, name, patch, uid=uid,
-                    current=body.get("status") or None)))
+                    current=body.get("status") or None, resource_version=body["metadata"].get("resourceVersion"))))
         if self.registry.get(key) is not state:  # deleted meanwhile
             return decision
         self._record(key, body, decision)

@@ -93,6 +93,7 @@ class JobBackends:
     def check(self, key: str, generation: Any, backend: Backend, job: ContextExtensionJob,
               plan: Plan) -> SpecError | None:
         """What ``backend`` cannot carry of this spec (None: every stage builds), cached per generation."""
+        generation = (job.metadata.get("uid"), generation)  # a re-applied job of the same name starts at 1 again
         cached = self._checked.get(key)
         if cached is not None and cached[:2] == (generation, backend.name):
             return cached[2]

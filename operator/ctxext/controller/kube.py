@@ -128,33 +128,43 @@ class KubeApi:
             group, version, namespace, plural, name, backend.suspend_patch(suspend)))
 
     def patch_status(self, namespace: str, name: str, patch: dict[str, Any], *, uid: str | None = None,
-                     current: dict[str, Any] | None = None) -> dict[str, Any]:
+                     current: dict[str, Any] | None = None, resource_version: str | None = None) -> dict[str, Any]:
         """Patch the operator's status fields; returns the CEJ as it is now.
 
         With ``uid``, only the ContextExtensionJob with that UID is patched: a JSON patch whose first operation
         tests ``/metadata/uid``, so a pass over a job deleted meanwhile cannot write its status onto a new job of
         the same name (the API server refuses it; the pass is retried with a fresh read). ``current`` is the
-        status the patch was computed from (None: the job has none yet). Without ``uid``, a merge patch.
+        status the patch was computed from (None: the job has none yet, and ``resource_version`` is the one read:
+        see :func:`status_json_patch`). Without ``uid``, a merge patch.
         """
         if uid is None:
             return cast(dict[str, Any], self.api.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, PLURAL, name, {"status": patch}))
         return cast(dict[str, Any], self.api.patch_namespaced_custom_object_status(
-            GROUP, VERSION, namespace, PLURAL, name, status_json_patch(patch, uid, current),
+            GROUP, VERSION, namespace, PLURAL, name, status_json_patch(patch, uid, current, resource_version),
             _content_type="application/json-patch+json"))
 
 
-def status_json_patch(patch: dict[str, Any], uid: str, current: dict[str, Any] | None) -> list[dict[str, Any]]:
+def status_json_patch(patch: dict[str, Any], uid: str, current: dict[str, Any] | None,
+                      resource_version: str | None = None) -> list[dict[str, Any]]:
     """The JSON patch (RFC 6902) that applies the merge patch ``patch`` to ``status`` of the object with ``uid``.
+
+    Each operator field is added (replaced) or removed on its own, so the trainer's fields are never touched.
+    A job without status yet gets its whole ``/status`` at once, and only if nothing has changed since it was
+    read (``resource_version``): had the trainer written its first progress meanwhile, replacing ``/status``
+    would drop it, so the server refuses and the pass is retried with a fresh read.
 
     >>> status_json_patch({"phase": "Running", "warnings": None}, "u1", {"warnings": ["w"]})
     [{'op': 'test', 'path': '/metadata/uid', 'value': 'u1'}, {'op': 'add', 'path': '/status/phase', \
 'value': 'Running'}, {'op': 'remove', 'path': '/status/warnings'}]
-    >>> status_json_patch({"phase": "Pending", "stage": None}, "u1", None)[1]
-    {'op': 'add', 'path': '/status', 'value': {'phase': 'Pending'}}
+    >>> status_json_patch({"phase": "Pending", "stage": None}, "u1", None, "41")[1:]
+    [{'op': 'test', 'path': '/metadata/resourceVersion', 'value': '41'}, {'op': 'add', 'path': '/status', \
+'value': {'phase': 'Pending'}}]
     """
     ops: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
     if current is None:
+        if resource_version is not None:
+            ops.append({"op": "test", "path": "/metadata/resourceVersion", "value": resource_version})
         return [*ops, {"op": "add", "path": "/status", "value": {k: v for k, v in patch.items() if v is not None}}]
     for key, value in patch.items():
         path = "/status/" + key.replace("~", "~0").replace("/", "~1")
