@@ -44,7 +44,7 @@ from ctxext.controller.job_backend import JobBackends
 from ctxext.controller.kube import KubeApi
 from ctxext.controller.model import Decision, Inputs
 from ctxext.controller.passes import Scheduler
-from ctxext.controller.reconcile import parse_and_plan, reconcile, recoverable_failure
+from ctxext.controller.reconcile import parse_and_plan, reconcile, recoverable_failure, waits_on_the_cluster
 from ctxext.controller.registry import PENDING, JobState, Owned, Registry, merge_owned, resource_version
 
 log = logging.getLogger("ctxext.controller")
@@ -225,7 +225,8 @@ class Engine:
         deadline = (decision.wake_at - now).total_seconds() if decision.wake_at is not None else None
         if deadline is not None and deadline < self.config.resync_seconds:
             self.scheduler.wake(key, deadline, fresh=False)  # what changes then is time, not the job
-        elif decision.status.get("phase") not in TERMINAL_PHASES or recoverable_failure(decision.status):
+        elif decision.status.get("phase") not in TERMINAL_PHASES or waits_on_the_cluster(decision.status) \
+                or (misfit is not None and job is not None and job.spec.backend == "Auto"):
             self.scheduler.wake(key, self.config.resync_seconds, fresh=True)
         # A finished job needs no resync: only an edit or its deletion (both watch events) concern it. One that
         # failed before it started for want of a mended cluster (a CRD, a runtime, an identity) is asked again.

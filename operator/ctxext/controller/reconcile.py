@@ -241,6 +241,21 @@ def reconcile(inp: Inputs) -> Decision:
     return d
 
 
+#: The failures of :data:`RECOVERABLE` that the cluster mends, not an edit (which is a watch event itself):
+#: only jobs failed with these are resynced.
+MENDED_BY_THE_CLUSTER = (TRAINER_IDENTITY_MISSING, API_MISSING, RUNTIME_MISSING)
+
+
+def waits_on_the_cluster(status: dict[str, Any]) -> bool:
+    """True for a job that failed before it started for want of a CRD, a runtime or the trainer identity.
+
+    >>> waits_on_the_cluster({"phase": "Failed", "conditions": [{"type": "Failed", "status": "True",
+    ...                       "reason": "InvalidSpec"}]})
+    False
+    """
+    return recoverable_failure(status) and (_condition(status, FAILED) or {}).get("reason") in MENDED_BY_THE_CLUSTER
+
+
 def recoverable_failure(status: dict[str, Any]) -> bool:
     """True for a job Failed before any stage ran by something a later pass lifts once mended
     (:data:`RECOVERABLE`): it is still reconciled, and resynced, while it waits.
