@@ -112,8 +112,12 @@ def test_real_trainer_runs_the_tiny_cpu_trainjob_to_complete_with_the_torch_plug
     body = build_trainjob(job, plan_curriculum(job.spec), 1, config=OperatorConfig())
     cluster.api.create_namespaced_custom_object(*TJ, body, field_validation="Strict")
     name = job.metadata["name"]
-    wait_for(lambda: any(condition(cluster, name, t) for t in ("Complete", "Failed")), what="finished",
-             timeout=900, proc=executor)
+    try:
+        wait_for(lambda: any(condition(cluster, name, t) for t in ("Complete", "Failed")), what="finished",
+                 timeout=900, proc=executor)
+        result = cluster.status(name)["results"][f"{name}-s1-a1"]
+    finally:  # no operator runs here: a CEJ left behind would be run by the next test's cluster-wide operator
+        cluster.api.delete_namespaced_custom_object("ctxext.dev", "v1alpha1", NS, "contextextensionjobs", name)
     done = trainjob(cluster, name)
     assert trainjob_status.observe(done).state == "Succeeded"
     complete = conditions(cluster, name)["Complete"]
@@ -125,7 +129,6 @@ def test_real_trainer_runs_the_tiny_cpu_trainjob_to_complete_with_the_torch_plug
     out = tmp_path / "root" / "ckpt" / NS / name / "stage-1"
     state = json.loads((out / "checkpoints" / "step-4" / "trainer_state.json").read_text())
     assert state["worldSize"] == 2
-    result = cluster.status(name)["results"][f"{name}-s1-a1"]
     assert result["stepsDone"] == 4
 
 

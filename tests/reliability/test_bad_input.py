@@ -226,7 +226,9 @@ def test_invalid_manifests_are_rejected_or_marked_invalid_and_the_operator_stays
 
     rejected: dict[str, str] = {}
     accepted: dict[str, str] = {}
-    rig = Rig(k8s_api, NS, tmp_path, operator_env={"CTXEXT_RESYNC_SECONDS": "30"})
+    # Watching only NS: the session's API server holds other tests' jobs, which a cluster-wide operator would run
+    # (and count in ctxext_pytorchjobs_created_total, which must stay 0 here).
+    rig = Rig(k8s_api, NS, tmp_path, operator_env={"CTXEXT_RESYNC_SECONDS": "30", "CTXEXT_NAMESPACES": NS})
     rig.start_operator()  # no executor: nothing here may ever run
     try:
         assert rig.operator is not None and rig.operator.proc is not None
