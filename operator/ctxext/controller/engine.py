@@ -194,7 +194,6 @@ class Engine:
                 jobs=list(jobs.values()), now=now, uid=uid,
                 result_grace_seconds=self.config.result_grace_seconds,
                 start_deadline_seconds=self.config.start_deadline_seconds, blocked=blocked,
-                job_kind=backend.kind if backend else "PyTorchJob",
                 backend=backend.kind if backend else None))
             if job is not None and plan is not None and backend is not None:
                 for create in decision.creates:

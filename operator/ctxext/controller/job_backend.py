@@ -41,8 +41,6 @@ class Resolved:
     """The backend to create and suspend with (None: the job cannot start, see ``problem``)."""
     problem: Problem | None = None
     """Why no backend could be chosen (the job fails with it until the cluster is mended)."""
-    chosen: bool = False
-    """True when chosen in this pass (nothing recorded or owned yet)."""
 
 
 class JobBackends:
@@ -73,7 +71,7 @@ class JobBackends:
         answer = choose(str(job.spec.backend), self.config.backend, await self.served(),
                         self.config.training_runtime, trainjob_fits=self._fits(job, plan))
         if isinstance(answer, Choice):
-            return Resolved(by_kind(answer.kind), chosen=True)
+            return Resolved(by_kind(answer.kind))
         return Resolved(None, answer)
 
     def _fits(self, job: ContextExtensionJob, plan: Plan | None) -> bool:

@@ -43,14 +43,18 @@ class Inputs:
     start_deadline_seconds: float = 900.0
     """A PyTorchJob still Pending/Created this long after it was created (or resumed) gets a plain
     condition saying it has not started (unschedulable pods, an image that cannot be pulled, a missing volume)."""
-    job_kind: str = "PyTorchJob"
-    """Kind of the training jobs this job runs on (PyTorchJob or TrainJob), for messages only: the state
-    machine is the same for both (:mod:`ctxext.controller.backends`)."""
     backend: str | None = None
-    """status.backend to record: the kind chosen for this job (None: not chosen yet)."""
+    """Kind of the training jobs this job runs on (PyTorchJob or TrainJob; None: not chosen yet), recorded in
+    status.backend with its first job and named in messages: the state machine is the same for both
+    (:mod:`ctxext.controller.backends`)."""
     blocked: tuple[str, str] | None = None
     """(reason, message) of what keeps the first stage from starting at all, e.g. the trainer
     ServiceAccount missing in the job's namespace; the job fails with it until it is mended."""
+
+    @property
+    def job_kind(self) -> str:
+        """The kind messages name (PyTorchJob until one is chosen)."""
+        return self.backend or "PyTorchJob"
 
 
 @dataclass(frozen=True)
